@@ -1,0 +1,82 @@
+"""dockerconnect: several OCI/Docker registries behind one name.
+
+A :class:`Resolver` is a registry with its own manifest and blob stores and an
+ordered list of connectors (another registry in the process through
+:class:`RegistryConnector`, or an external one through
+:class:`dockerconnect.http.HttpConnector`). It resolves manifests and blobs
+in priority order, verifies every byte against its digest, and caches what
+it fetches according to a :class:`CachingPolicy`.
+"""
+
+from dockerconnect import errors
+from dockerconnect._descriptor import Annotations, Descriptor, Platform
+from dockerconnect._digest import Digest, DigestVerifier
+from dockerconnect._filesystem import FilesystemBlobStore, FilesystemManifestStore
+from dockerconnect._manifest import (
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    MANIFEST_MEDIA_TYPES,
+    OCI_ARTIFACT_MANIFEST,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Manifest,
+)
+from dockerconnect._memory import MemoryBlobStore, MemoryManifestStore
+from dockerconnect._policy import CachingPolicy, StaleDecision, TagDecision
+from dockerconnect._protocols import (
+    BlobStore,
+    BlobWriter,
+    Connector,
+    IntegrityEntry,
+    IntegrityReport,
+    ManifestStore,
+    Registry,
+    TagRecord,
+)
+from dockerconnect._reference import Reference, validate_repository, validate_tag
+from dockerconnect._registry_connector import RegistryConnector
+from dockerconnect._resolver import Resolver
+from dockerconnect._stats import ResolverStats
+from dockerconnect._stream import BlobStream
+from dockerconnect.errors import DockerConnectError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DOCKER_MANIFEST",
+    "DOCKER_MANIFEST_LIST",
+    "MANIFEST_MEDIA_TYPES",
+    "OCI_ARTIFACT_MANIFEST",
+    "OCI_INDEX",
+    "OCI_MANIFEST",
+    "Annotations",
+    "BlobStore",
+    "BlobStream",
+    "BlobWriter",
+    "CachingPolicy",
+    "Connector",
+    "Descriptor",
+    "Digest",
+    "DigestVerifier",
+    "DockerConnectError",
+    "FilesystemBlobStore",
+    "FilesystemManifestStore",
+    "IntegrityEntry",
+    "IntegrityReport",
+    "Manifest",
+    "ManifestStore",
+    "MemoryBlobStore",
+    "MemoryManifestStore",
+    "Platform",
+    "Reference",
+    "Registry",
+    "RegistryConnector",
+    "Resolver",
+    "ResolverStats",
+    "StaleDecision",
+    "TagDecision",
+    "TagRecord",
+    "errors",
+    "validate_repository",
+    "validate_tag",
+]

@@ -1,0 +1,704 @@
+"""Filesystem stores: crash-safe, atomic, never touching a path outside their root.
+
+On-disk layout
+--------------
+
+Both stores live under one root directory (they may share it, or each have
+its own)::
+
+    <root>/
+    ├── blobs/<algorithm>/<hex[:2]>/<hex>      a blob's exact bytes
+    ├── repositories/<repository>/             one directory per ``/``-separated component
+    │   ├── _manifests/<algorithm>/<hex>       "<media type>\\n" then the manifest's exact bytes
+    │   └── _tags/<tag>.json                   a TagRecord:
+    │                                          {"confirmed_at", "digest", "media_type", "source"}
+    └── tmp/<random>.tmp                       files being written
+
+Every path is built from validated parts only: repository components match
+``[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*`` (never ``.``, ``..`` or empty, never
+starting with ``_``, so they cannot collide with ``_manifests`` / ``_tags``),
+tags match ``[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`` (no ``/``, never ``.`` or
+``..``), and a :class:`~dockerconnect.Digest`'s parts hold neither ``/`` nor
+``.``. Invalid names, tags and digests are refused before any I/O. Tags are
+case-sensitive, so the root should be on a case-sensitive filesystem.
+
+Crash safety
+------------
+
+Every file is written to ``tmp/`` (the same filesystem as its destination),
+``fsync``-ed, then renamed into place with :func:`os.replace` and its
+directory ``fsync``-ed: a reader sees the whole file or nothing, and a process
+killed mid-write leaves only a file in ``tmp/``. While it writes, a writer
+holds an exclusive ``flock`` on its temporary file; constructing a store
+removes every file in ``tmp/`` that nobody holds (the kernel drops the lock of
+a process that dies), so leftovers of crashed writers disappear while live
+writers of other instances or processes sharing the root are left alone.
+Without ``fcntl`` (Windows) a file that is still open cannot be removed, which
+serves the same purpose.
+
+Blob writers hash through :class:`~dockerconnect.DigestVerifier` and publish
+only verified bytes. Two writers of the same digest at once both succeed and
+leave one file. Reads stream chunks of at most
+:data:`~dockerconnect._stream.CHUNK_SIZE` bytes. Blocking file work runs in
+worker threads (:func:`anyio.to_thread.run_sync`), except in the constructors,
+which create the root and clean ``tmp/`` synchronously: build stores at
+start-up, or in a worker thread. ``OSError`` surfaces as
+:class:`~dockerconnect.errors.StorageError` with the ``OSError`` as its
+``__cause__``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from dockerconnect._descriptor import Descriptor
+from dockerconnect._digest import Digest, DigestVerifier
+from dockerconnect._manifest import Manifest
+from dockerconnect._memory import check_offset, check_size, check_writable
+from dockerconnect._protocols import BLOB_MEDIA_TYPE, BlobWriter, TagRecord
+from dockerconnect._reference import validate_repository, validate_tag
+from dockerconnect._stream import CHUNK_SIZE, BlobStream
+from dockerconnect.errors import (
+    InvalidInput,
+    NameInvalid,
+    RangeInvalid,
+    StorageError,
+    TagInvalid,
+)
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    _flock: Callable[[int], bool] | None = None
+else:
+
+    def _flock_posix(fd: int) -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    _flock = _flock_posix
+
+__all__ = ["FilesystemBlobStore", "FilesystemManifestStore"]
+
+T = TypeVar("T")
+
+BLOBS_DIR: Final = "blobs"
+REPOSITORIES_DIR: Final = "repositories"
+TMP_DIR: Final = "tmp"
+MANIFESTS_DIR: Final = "_manifests"
+TAGS_DIR: Final = "_tags"
+TMP_SUFFIX: Final = ".tmp"
+TAG_SUFFIX: Final = ".json"
+
+_O_BINARY: Final = getattr(os, "O_BINARY", 0)
+
+
+class _Root:
+    """A store's root directory and the crash-safe file primitives both stores use."""
+
+    __slots__ = ("path", "tmp")
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.path = Path(os.fspath(root)).absolute()
+        self.tmp = str(self.path / TMP_DIR)
+        try:
+            os.makedirs(self.tmp, exist_ok=True)
+            _remove_leftovers(self.tmp)
+        except OSError as exc:
+            raise StorageError(f"could not open store root: {_reason(exc)}") from exc
+
+    def join(self, *parts: str) -> str:
+        """``root/parts…``; refuses any result outside the root.
+
+        Callers pass validated names only, so a refusal here means a
+        validation rule and this layout disagree: fail closed.
+        """
+        path = os.path.normpath(os.path.join(self.path, *parts))
+        if os.path.commonpath([self.path, path]) != str(self.path) or path == str(self.path):
+            raise InvalidInput(f"path {os.path.join(*parts)!r} would leave the store root")
+        return path
+
+    def create_temp(self) -> tuple[int, str]:
+        """A new, locked, empty temporary file: ``(fd, path)``."""
+        while True:
+            path = os.path.join(self.tmp, secrets.token_hex(16) + TMP_SUFFIX)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY
+            try:
+                fd = os.open(path, flags, 0o644)
+            except FileNotFoundError:
+                # Someone removed tmp/ under us (by hand); recreate it.
+                os.makedirs(self.tmp, exist_ok=True)
+                continue
+            # Between open and lock another instance's clean-up may lock and
+            # unlink the new file: if the lock fails, or the name no longer
+            # leads to our file, start over with a fresh name.
+            if _flock is not None and not _flock(fd):
+                os.close(fd)
+                continue
+            if not _same_file(path, fd):
+                os.close(fd)
+                continue
+            return fd, path
+
+    def publish(self, fd: int, temp: str, final: str, *, replace: bool) -> None:
+        """Make the temporary file ``temp`` (open as ``fd``) visible as ``final``.
+
+        ``fsync`` before the rename, so a crash never shows a name with
+        partial content; ``fsync`` the directory after, so the rename
+        persists. With ``replace=False`` an existing ``final`` is kept (the
+        content is the same, by its digest) and ``temp`` is removed. Closes
+        ``fd`` in every case.
+        """
+        try:
+            parent = os.path.dirname(final)
+            if not replace and os.path.exists(final):
+                os.unlink(temp)
+            else:
+                os.fsync(fd)
+                _make_dirs(parent)
+                os.replace(temp, final)
+                _fsync_dir(parent)
+        except BaseException:
+            _discard(fd, temp)
+            raise
+        os.close(fd)
+
+    def write_file(self, final: str, data: bytes) -> None:
+        """Atomically replace ``final`` with ``data``."""
+        fd, temp = self.create_temp()
+        try:
+            _write_all(fd, data)
+        except BaseException:
+            _discard(fd, temp)
+            raise
+        self.publish(fd, temp, final, replace=True)
+
+    def remove(self, path: str) -> bool:
+        """Remove the file ``path``; ``False`` if it was not there."""
+        try:
+            os.unlink(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        _fsync_dir(os.path.dirname(path))
+        return True
+
+
+class FilesystemBlobStore:
+    """A :class:`~dockerconnect.BlobStore` over files under ``root``.
+
+    ``root`` (a ``str`` or path-like) is created if missing; see the module
+    documentation for the layout and the crash-safety rules. ``name`` is what
+    returned streams report as their ``source``.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, name: str = "filesystem") -> None:
+        self._root = _Root(root)
+        self.name = name
+
+    @property
+    def root(self) -> Path:
+        """The absolute root directory."""
+        return self._root.path
+
+    def blob_path(self, digest: Digest) -> Path:
+        """Where the blob ``digest`` lives (whether or not it is there)."""
+        return Path(self._path(Digest.parse(digest)))
+
+    def _path(self, digest: Digest) -> str:
+        return self._root.join(BLOBS_DIR, digest.algorithm, digest.hex[:2], digest.hex)
+
+    async def stat(self, digest: Digest) -> Descriptor | None:
+        digest = Digest.parse(digest)
+        # Only verifiable digests can ever be ingested; others are never here.
+        if not digest.verifiable:
+            return None
+        size = await _run("stat blob", _size_or_none, self._path(digest))
+        if size is None:
+            return None
+        return Descriptor(BLOB_MEDIA_TYPE, digest, size)
+
+    async def open(self, digest: Digest, *, offset: int = 0) -> BlobStream | None:
+        digest = Digest.parse(digest)
+        check_offset(offset, None, digest)
+        if not digest.verifiable:
+            return None
+        opened = await _run("open blob", _open_at, self._path(digest), offset)
+        if opened is None:
+            return None
+        file, size = opened
+        try:
+            check_offset(offset, size, digest)
+        except RangeInvalid:
+            file.close()
+            raise
+        chunks = _FileChunks(file, offset, size)
+        return BlobStream(digest, size, chunks, offset=offset, source=self.name)
+
+    def ingest(
+        self, digest: Digest, size: int | None = None
+    ) -> AbstractAsyncContextManager[BlobWriter]:
+        verifier = DigestVerifier(Digest.parse(digest), check_size(size))
+        return self._ingest(verifier)
+
+    @asynccontextmanager
+    async def _ingest(self, verifier: DigestVerifier) -> AsyncIterator[BlobWriter]:
+        fd, temp = await _run("create a temporary file", self._root.create_temp)
+        writer = _FileWriter(self._root, verifier, fd, temp, self._path(verifier.digest))
+        try:
+            yield writer
+        finally:
+            await writer.close()
+
+    async def delete(self, digest: Digest) -> bool:
+        digest = Digest.parse(digest)
+        if not digest.verifiable:
+            return False
+        return await _run("delete blob", self._root.remove, self._path(digest))
+
+    def __repr__(self) -> str:
+        return f"FilesystemBlobStore({str(self.root)!r}, name={self.name!r})"
+
+
+class _FileWriter:
+    """Writes into a locked temporary file; publishes it on a verified commit.
+
+    Writes smaller than a chunk are coalesced so each thread hop moves about
+    :data:`CHUNK_SIZE` bytes; hashing goes through the verifier as bytes
+    arrive, so a source that sends too much fails on the write that overflows.
+    """
+
+    __slots__ = ("_buffer", "_fd", "_final", "_root", "_state", "_temp", "_verifier")
+
+    def __init__(
+        self, root: _Root, verifier: DigestVerifier, fd: int, temp: str, final: str
+    ) -> None:
+        self._root = root
+        self._verifier = verifier
+        self._fd: int | None = fd
+        self._temp = temp
+        self._final = final
+        self._buffer = bytearray()
+        self._state = "open"
+
+    @property
+    def written(self) -> int:
+        return self._verifier.count
+
+    async def write(self, data: bytes) -> None:
+        check_writable(self._state, self._verifier.digest)
+        try:
+            await self._verifier.aupdate(data)
+            if len(data) >= CHUNK_SIZE:
+                await self._flush()
+                await self._write(data)
+            else:
+                self._buffer += data
+                if len(self._buffer) >= CHUNK_SIZE:
+                    await self._flush()
+        except BaseException:
+            await self._fail()
+            raise
+
+    async def commit(self) -> Descriptor:
+        check_writable(self._state, self._verifier.digest)
+        try:
+            await self._flush()
+            self._verifier.verify()
+            fd, self._fd = self._fd, None
+            assert fd is not None
+            await _run(
+                "publish blob", self._root.publish, fd, self._temp, self._final, replace=False
+            )
+        except BaseException:
+            await self._fail()
+            raise
+        self._state = "committed"
+        return Descriptor(BLOB_MEDIA_TYPE, self._verifier.digest, self._verifier.count)
+
+    async def _flush(self) -> None:
+        if self._buffer:
+            data, self._buffer = bytes(self._buffer), bytearray()
+            await self._write(data)
+
+    async def _write(self, data: bytes) -> None:
+        assert self._fd is not None
+        await _run("write blob", _write_all, self._fd, data)
+
+    async def _fail(self) -> None:
+        self._state = "failed"
+        await self._release()
+
+    async def close(self) -> None:
+        """Discard whatever was not committed; idempotent."""
+        if self._state == "open":
+            self._state = "closed"
+        await self._release()
+
+    async def _release(self) -> None:
+        self._buffer = bytearray()
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        # Shielded: a cancelled ingest must still remove its temporary file.
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(_discard, fd, self._temp)
+
+
+class _FileChunks:
+    """The chunks of an open blob file from an offset; closing closes the file.
+
+    A class rather than an async generator: a generator that was never
+    iterated runs no ``finally`` when closed, and would leak the file.
+    """
+
+    __slots__ = ("_end", "_file", "_position")
+
+    def __init__(self, file: io.FileIO, offset: int, size: int) -> None:
+        self._file: io.FileIO | None = file
+        self._position = offset
+        self._end = size
+
+    def __aiter__(self) -> _FileChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        file = self._file
+        if file is None or self._position >= self._end:
+            await self.aclose()
+            raise StopAsyncIteration
+        want = min(CHUNK_SIZE, self._end - self._position)
+        try:
+            chunk = await _run("read blob", file.read, want)
+        except BaseException:
+            await self.aclose()
+            raise
+        if not chunk:
+            await self.aclose()
+            raise StorageError(
+                f"blob file ended at byte {self._position}, expected {self._end} bytes"
+            )
+        self._position += len(chunk)
+        return chunk
+
+    async def aclose(self) -> None:
+        file, self._file = self._file, None
+        if file is not None:
+            file.close()
+
+
+class FilesystemManifestStore:
+    """A :class:`~dockerconnect.ManifestStore` over files under ``root``.
+
+    ``root`` (a ``str`` or path-like) is created if missing; see the module
+    documentation for the layout and the crash-safety rules. Deleting a
+    manifest leaves tags pointing at it alone: whether a tag may dangle is
+    the caller's decision.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self._root = _Root(root)
+
+    @property
+    def root(self) -> Path:
+        """The absolute root directory."""
+        return self._root.path
+
+    def _repository(self, repository: str, *parts: str) -> str:
+        return self._root.join(REPOSITORIES_DIR, *repository.split("/"), *parts)
+
+    def _manifest_path(self, repository: str, digest: Digest) -> str:
+        return self._repository(repository, MANIFESTS_DIR, digest.algorithm, digest.hex)
+
+    def _tag_path(self, repository: str, tag: str) -> str:
+        return self._repository(repository, TAGS_DIR, tag + TAG_SUFFIX)
+
+    async def get_manifest(self, repository: str, digest: Digest) -> Manifest | None:
+        repository = validate_repository(repository)
+        digest = Digest.parse(digest)
+        if not digest.verifiable:
+            return None
+        path = self._manifest_path(repository, digest)
+        content = await _run("read manifest", _read_or_none, path)
+        if content is None:
+            return None
+        media_type, newline, data = content.partition(b"\n")
+        if not newline:
+            raise StorageError(f"manifest file has no media type line: {path}")
+        verifier = DigestVerifier(digest, len(data))
+        await verifier.aupdate(data)
+        verifier.verify()
+        return Manifest.parse(data, media_type.decode("ascii"))
+
+    async def put_manifest(self, repository: str, manifest: Manifest) -> None:
+        repository = validate_repository(repository)
+        if not isinstance(manifest, Manifest):
+            raise InvalidInput(f"expected a Manifest, not {type(manifest).__name__}")
+        path = self._manifest_path(repository, manifest.digest)
+        content = manifest.media_type.encode("ascii") + b"\n" + manifest.data
+        await _run("write manifest", self._root.write_file, path, content)
+
+    async def delete_manifest(self, repository: str, digest: Digest) -> bool:
+        repository = validate_repository(repository)
+        digest = Digest.parse(digest)
+        if not digest.verifiable:
+            return False
+        path = self._manifest_path(repository, digest)
+        return await _run("delete manifest", self._root.remove, path)
+
+    async def get_tag(self, repository: str, tag: str) -> TagRecord | None:
+        repository = validate_repository(repository)
+        tag = validate_tag(tag)
+        path = self._tag_path(repository, tag)
+        content = await _run("read tag", _read_or_none, path)
+        if content is None:
+            return None
+        try:
+            doc = json.loads(content)
+            return TagRecord(
+                digest=doc["digest"],
+                media_type=doc["media_type"],
+                confirmed_at=float(doc["confirmed_at"]),
+                source=doc["source"],
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StorageError(f"corrupt tag record {path}: {exc}") from exc
+
+    async def set_tag(self, repository: str, tag: str, record: TagRecord) -> None:
+        repository = validate_repository(repository)
+        tag = validate_tag(tag)
+        if not isinstance(record, TagRecord):
+            raise InvalidInput(f"expected a TagRecord, not {type(record).__name__}")
+        doc = {
+            "digest": str(record.digest),
+            "media_type": record.media_type,
+            "confirmed_at": record.confirmed_at,
+            "source": record.source,
+        }
+        content = json.dumps(doc, sort_keys=True).encode()
+        await _run("write tag", self._root.write_file, self._tag_path(repository, tag), content)
+
+    async def delete_tag(self, repository: str, tag: str) -> bool:
+        repository = validate_repository(repository)
+        tag = validate_tag(tag)
+        return await _run("delete tag", self._root.remove, self._tag_path(repository, tag))
+
+    async def tags(self, repository: str) -> list[str] | None:
+        repository = validate_repository(repository)
+        return await _run("list tags", _list_tags, self._repository(repository))
+
+    async def repositories(self) -> list[str]:
+        top = self._root.join(REPOSITORIES_DIR)
+        found = await _run("list repositories", _list_repositories, top)
+        return sorted(found)
+
+    def __repr__(self) -> str:
+        return f"FilesystemManifestStore({str(self.root)!r})"
+
+
+# The blocking work below runs in worker threads.
+
+
+async def _run(what: str, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``func(*args, **kwargs)`` in a worker thread, ``OSError`` as ``StorageError``."""
+    try:
+        if kwargs:
+            return await anyio.to_thread.run_sync(lambda: func(*args, **kwargs))
+        return await anyio.to_thread.run_sync(func, *args)
+    except OSError as exc:
+        raise StorageError(f"could not {what}: {_reason(exc)}") from exc
+
+
+def _reason(exc: OSError) -> str:
+    # The message may reach an HTTP client: name the failure, not the paths.
+    return exc.strerror or type(exc).__name__
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _discard(fd: int, temp: str) -> None:
+    # Best effort: a failure here must not hide the error that led to the
+    # discard, and the next store opened over this root removes what is left.
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    try:
+        os.unlink(temp)
+    except OSError:
+        pass
+
+
+def _same_file(path: str, fd: int) -> bool:
+    try:
+        on_disk = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _remove_leftovers(tmp: str) -> None:
+    """Remove every file in ``tmp`` that no live writer holds."""
+    for entry in os.scandir(tmp):
+        if not entry.is_file(follow_symlinks=False):
+            continue
+        if _flock is None:
+            try:
+                os.unlink(entry.path)
+            except (FileNotFoundError, PermissionError):
+                pass
+            continue
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | _O_BINARY)
+        except FileNotFoundError:
+            continue
+        try:
+            if _flock(fd) and _same_file(entry.path, fd):
+                os.unlink(entry.path)
+        finally:
+            os.close(fd)
+
+
+def _make_dirs(path: str) -> None:
+    """``os.makedirs``, ``fsync``-ing each parent that gained an entry."""
+    missing: list[str] = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory)
+        except FileExistsError:
+            continue
+        _fsync_dir(os.path.dirname(directory))
+
+
+def _fsync_dir(path: str) -> None:
+    if os.name != "posix":  # pragma: no cover - directories cannot be opened elsewhere
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _size_or_none(path: str) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _open_at(path: str, offset: int) -> tuple[io.FileIO, int] | None:
+    try:
+        file = io.FileIO(path, "r")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        size = os.fstat(file.fileno()).st_size
+        if 0 < offset <= size:
+            file.seek(offset)
+    except BaseException:
+        file.close()
+        raise
+    return file, size
+
+
+def _read_or_none(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _list_tags(repository: str) -> list[str] | None:
+    tags: list[str] = []
+    try:
+        names = os.listdir(os.path.join(repository, TAGS_DIR))
+    except (FileNotFoundError, NotADirectoryError):
+        names = []
+    for name in names:
+        if name.endswith(TAG_SUFFIX) and _valid_tag(name[: -len(TAG_SUFFIX)]):
+            tags.append(name[: -len(TAG_SUFFIX)])
+    if tags:
+        return sorted(tags)
+    return [] if _has_manifests(repository) else None
+
+
+def _has_manifests(repository: str) -> bool:
+    try:
+        algorithms = os.scandir(os.path.join(repository, MANIFESTS_DIR))
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    with algorithms:
+        for algorithm in algorithms:
+            if algorithm.is_dir(follow_symlinks=False):
+                with os.scandir(algorithm.path) as files:
+                    if any(f.is_file(follow_symlinks=False) for f in files):
+                        return True
+    return False
+
+
+def _has_tags(repository: str) -> bool:
+    try:
+        names = os.listdir(os.path.join(repository, TAGS_DIR))
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return any(n.endswith(TAG_SUFFIX) and _valid_tag(n[: -len(TAG_SUFFIX)]) for n in names)
+
+
+def _list_repositories(top: str) -> list[str]:
+    found: list[str] = []
+    pending: list[tuple[str, str]] = [(top, "")]
+    while pending:
+        directory, name = pending.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if name and (_has_tags(directory) or _has_manifests(directory)):
+            found.append(name)
+        for entry in entries:
+            # Data directories start with "_", which no repository component can.
+            if entry.name.startswith("_") or not entry.is_dir(follow_symlinks=False):
+                continue
+            child = f"{name}/{entry.name}" if name else entry.name
+            if _valid_repository(child):
+                pending.append((entry.path, child))
+    return found
+
+
+def _valid_tag(tag: str) -> bool:
+    try:
+        validate_tag(tag)
+    except TagInvalid:
+        return False
+    return True
+
+
+def _valid_repository(name: str) -> bool:
+    try:
+        validate_repository(name)
+    except NameInvalid:
+        return False
+    return True

@@ -1,0 +1,204 @@
+"""One shared upstream fetch of a blob, read by any number of clients.
+
+A flight is driven by the resolver's own background task: it pulls the blob
+from a connector, writes it to the blob store (when the policy caches it) and
+to an anonymous spool file, and wakes readers as bytes arrive. Readers replay
+from the spool at their own pace, so a reader that pauses or leaves never
+delays the others or the caching, and memory stays bounded (one coalescing
+buffer per flight, one chunk per reader) whatever the blob size.
+
+A reader never receives a blob's last byte before the whole blob has been
+verified (and, when cached, committed): a reader that got every byte can rely
+on it.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from typing import IO
+
+import anyio
+import anyio.to_thread
+
+from dockerconnect._chain import Work
+from dockerconnect._digest import Digest
+from dockerconnect._stream import CHUNK_SIZE, BlobStream
+from dockerconnect.errors import RangeInvalid, ResolverClosed
+
+__all__ = ["BlobFlight", "coalesce", "copy_error"]
+
+#: Small network reads are joined to at least this many bytes before a thread
+#: hop (hashing, writing): per-hop overhead dwarfs tiny chunks.
+COALESCE_SIZE = 512 * 1024
+
+
+async def coalesce(
+    chunks: AsyncIterator[bytes] | BlobStream, size: int = COALESCE_SIZE
+) -> AsyncIterator[bytes]:
+    """Join small chunks into pieces of at least ``size`` bytes (the last may be smaller)."""
+    pending: list[bytes] = []
+    held = 0
+    try:
+        async for chunk in chunks:
+            if not pending and len(chunk) >= size:
+                yield chunk
+                continue
+            pending.append(chunk)
+            held += len(chunk)
+            if held >= size:
+                yield b"".join(pending)
+                pending.clear()
+                held = 0
+    except Exception:
+        # A broken source: hand over what did arrive before the error, so a
+        # resume starts after it instead of fetching it again.
+        if pending:
+            yield b"".join(pending)
+        raise
+    if pending:
+        yield b"".join(pending)
+
+
+class BlobFlight(Work):
+    """The state of one shared fetch; the resolver's background task fills it."""
+
+    def __init__(self, digest: Digest, *, spool_dir: str | None) -> None:
+        self.digest = digest
+        self.waiting_on = None
+        self.size: int | None = None
+        self.source = ""
+        self.received = 0
+        self.verified = False
+        self.done = False
+        self.cached = False
+        self.error: BaseException | None = None
+        self.ready = anyio.Event()
+        self.finished = anyio.Event()
+        self._progress = anyio.Event()
+        self._spool_dir = spool_dir
+        self._spool: IO[bytes] | None = None
+        self._readers = 0
+
+    # -- the driving side ---------------------------------------------------
+
+    async def begin(self, size: int, source: str) -> None:
+        """A source answered with ``size`` bytes: readers may start."""
+        self.size = size
+        self.source = source
+        self._spool = await anyio.to_thread.run_sync(self._make_spool)
+        self.ready.set()
+
+    def _make_spool(self) -> IO[bytes]:
+        return tempfile.TemporaryFile(prefix="dockerconnect-flight-", dir=self._spool_dir)
+
+    def restart(self) -> None:
+        """Forget received bytes (a new source starts over); only before any reader read."""
+        self.received = 0
+
+    async def append(self, chunk: bytes) -> None:
+        """Make ``chunk`` (the next bytes in order) available to readers."""
+        assert self._spool is not None
+        fd = self._spool.fileno()
+        offset = self.received
+        await anyio.to_thread.run_sync(_pwrite_all, fd, chunk, offset)
+        self.received += len(chunk)
+        self._notify()
+
+    def mark_verified(self) -> None:
+        """Every byte is in and matches the digest: release the last byte."""
+        self.verified = True
+        self._notify()
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """The flight is over, successfully or with ``error``."""
+        if error is not None and not self.verified:
+            self.error = error
+        self.done = True
+        self.ready.set()
+        self.finished.set()
+        self._notify()
+        self._maybe_close()
+
+    def _notify(self) -> None:
+        event, self._progress = self._progress, anyio.Event()
+        event.set()
+
+    def _maybe_close(self) -> None:
+        if self.done and self._readers == 0 and self._spool is not None:
+            self._spool.close()
+            self._spool = None
+
+    # -- the reading side ---------------------------------------------------
+
+    def stream(self, offset: int, *, on_bytes: Callable[[int], None] | None = None) -> BlobStream:
+        """A reader from ``offset``; call after :attr:`ready` is set without error."""
+        assert self.size is not None
+        if offset < 0 or offset > self.size:
+            raise RangeInvalid(
+                f"offset {offset} is outside the blob's {self.size} bytes", digest=self.digest
+            )
+        self._readers += 1
+        return BlobStream(
+            self.digest,
+            self.size,
+            self._read(offset, on_bytes),
+            offset=offset,
+            source=self.source,
+        )
+
+    async def _read(
+        self, offset: int, on_bytes: Callable[[int], None] | None
+    ) -> AsyncIterator[bytes]:
+        assert self.size is not None
+        size = self.size
+        pos = offset
+        try:
+            while True:
+                if self.error is not None:
+                    raise copy_error(self.error)
+                limit = self.received if self.verified else min(self.received, size - 1)
+                if pos < limit:
+                    spool = self._spool
+                    assert spool is not None
+                    n = min(limit - pos, CHUNK_SIZE)
+                    data = await anyio.to_thread.run_sync(os.pread, spool.fileno(), n, pos)
+                    if not data:  # pragma: no cover - the spool never shrinks
+                        raise ResolverClosed("blob spool ended early", digest=self.digest)
+                    pos += len(data)
+                    if on_bytes is not None:
+                        on_bytes(len(data))
+                    yield data
+                    continue
+                if pos >= size and self.verified:
+                    return
+                if self.done:
+                    raise copy_error(
+                        self.error or ResolverClosed("blob fetch stopped", digest=self.digest)
+                    )
+                await self._progress.wait()
+        finally:
+            self._readers -= 1
+            self._maybe_close()
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+def copy_error(error: BaseException) -> BaseException:
+    """A fresh copy of a shared error, so each waiter raises its own instance
+    (and tracebacks of different tasks do not pile up on one object)."""
+    try:
+        duplicate = copy.copy(error)
+    except Exception:  # an exotic exception that cannot be copied: share it
+        return error
+    duplicate.__cause__ = error.__cause__
+    duplicate.__traceback__ = None
+    return duplicate

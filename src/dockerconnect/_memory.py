@@ -1,0 +1,247 @@
+"""In-memory stores: fast, for tests and for embedding where nothing must persist.
+
+Both keep everything in one instance (never in module state), so two stores
+never share content. They follow the same contracts as the filesystem stores
+and pass the same conformance suites (:mod:`dockerconnect.testing`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TypeVar
+
+import anyio.lowlevel
+
+from dockerconnect._descriptor import Descriptor
+from dockerconnect._digest import Digest, DigestVerifier
+from dockerconnect._manifest import Manifest
+from dockerconnect._protocols import BLOB_MEDIA_TYPE, BlobWriter, TagRecord
+from dockerconnect._reference import validate_repository, validate_tag
+from dockerconnect._stream import CHUNK_SIZE, BlobStream
+from dockerconnect.errors import BlobUploadInvalid, InvalidInput, RangeInvalid
+
+__all__ = ["MemoryBlobStore", "MemoryManifestStore"]
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+class MemoryBlobStore:
+    """A :class:`~dockerconnect.BlobStore` that holds blobs in a dict.
+
+    Streams yield chunks of at most :data:`~dockerconnect._stream.CHUNK_SIZE`
+    bytes. ``name`` is what returned streams report as their ``source``.
+    """
+
+    def __init__(self, *, name: str = "memory") -> None:
+        self.name = name
+        self._blobs: dict[Digest, bytes] = {}
+
+    async def stat(self, digest: Digest) -> Descriptor | None:
+        digest = Digest.parse(digest)
+        await anyio.lowlevel.checkpoint()
+        data = self._blobs.get(digest)
+        if data is None:
+            return None
+        return Descriptor(BLOB_MEDIA_TYPE, digest, len(data))
+
+    async def open(self, digest: Digest, *, offset: int = 0) -> BlobStream | None:
+        digest = Digest.parse(digest)
+        await anyio.lowlevel.checkpoint()
+        data = self._blobs.get(digest)
+        if data is None:
+            return None
+        check_offset(offset, len(data), digest)
+        return BlobStream(digest, len(data), _chunks(data, offset), offset=offset, source=self.name)
+
+    def ingest(
+        self, digest: Digest, size: int | None = None
+    ) -> AbstractAsyncContextManager[BlobWriter]:
+        # Validated here, not inside the generator, so bad input fails at the
+        # call rather than at ``async with``.
+        verifier = DigestVerifier(Digest.parse(digest), check_size(size))
+        return self._ingest(verifier)
+
+    @asynccontextmanager
+    async def _ingest(self, verifier: DigestVerifier) -> AsyncIterator[BlobWriter]:
+        writer = _MemoryWriter(self._blobs, verifier)
+        try:
+            yield writer
+        finally:
+            writer.close()
+
+    async def delete(self, digest: Digest) -> bool:
+        digest = Digest.parse(digest)
+        await anyio.lowlevel.checkpoint()
+        return self._blobs.pop(digest, None) is not None
+
+    def __repr__(self) -> str:
+        return f"MemoryBlobStore(name={self.name!r}, blobs={len(self._blobs)})"
+
+
+class _MemoryWriter:
+    """Collects chunks; publishes the joined bytes into the store on commit."""
+
+    __slots__ = ("_blobs", "_chunks", "_state", "_verifier")
+
+    def __init__(self, blobs: dict[Digest, bytes], verifier: DigestVerifier) -> None:
+        self._blobs = blobs
+        self._verifier = verifier
+        self._chunks: list[bytes] = []
+        self._state = "open"
+
+    @property
+    def written(self) -> int:
+        return self._verifier.count
+
+    async def write(self, data: bytes) -> None:
+        check_writable(self._state, self._verifier.digest)
+        try:
+            await self._verifier.aupdate(data)
+        except BaseException:
+            self._fail()
+            raise
+        # A caller may reuse a mutable buffer after the write returns.
+        self._chunks.append(bytes(data))
+        await anyio.lowlevel.checkpoint()
+
+    async def commit(self) -> Descriptor:
+        check_writable(self._state, self._verifier.digest)
+        try:
+            self._verifier.verify()
+        except BaseException:
+            self._fail()
+            raise
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        self._state = "committed"
+        self._blobs.setdefault(self._verifier.digest, data)
+        await anyio.lowlevel.checkpoint()
+        return Descriptor(BLOB_MEDIA_TYPE, self._verifier.digest, len(data))
+
+    def _fail(self) -> None:
+        self._state = "failed"
+        self._chunks.clear()
+
+    def close(self) -> None:
+        if self._state == "open":
+            self._state = "closed"
+        self._chunks.clear()
+
+
+async def _chunks(data: bytes, offset: int) -> AsyncIterator[bytes]:
+    view = memoryview(data)
+    for start in range(offset, len(data), CHUNK_SIZE):
+        await anyio.lowlevel.checkpoint()
+        yield bytes(view[start : start + CHUNK_SIZE])
+
+
+class MemoryManifestStore:
+    """A :class:`~dockerconnect.ManifestStore` that holds manifests and tags in dicts.
+
+    Deleting a manifest leaves tags pointing at it alone: whether a tag may
+    dangle is the caller's decision, as it is for every store.
+    """
+
+    def __init__(self) -> None:
+        self._manifests: dict[str, dict[Digest, Manifest]] = {}
+        self._tags: dict[str, dict[str, TagRecord]] = {}
+
+    async def get_manifest(self, repository: str, digest: Digest) -> Manifest | None:
+        repository = validate_repository(repository)
+        digest = Digest.parse(digest)
+        await anyio.lowlevel.checkpoint()
+        return self._manifests.get(repository, {}).get(digest)
+
+    async def put_manifest(self, repository: str, manifest: Manifest) -> None:
+        repository = validate_repository(repository)
+        if not isinstance(manifest, Manifest):
+            raise InvalidInput(f"expected a Manifest, not {type(manifest).__name__}")
+        await anyio.lowlevel.checkpoint()
+        self._manifests.setdefault(repository, {})[manifest.digest] = manifest
+
+    async def delete_manifest(self, repository: str, digest: Digest) -> bool:
+        repository = validate_repository(repository)
+        digest = Digest.parse(digest)
+        await anyio.lowlevel.checkpoint()
+        return _pop(self._manifests, repository, digest)
+
+    async def get_tag(self, repository: str, tag: str) -> TagRecord | None:
+        repository = validate_repository(repository)
+        tag = validate_tag(tag)
+        await anyio.lowlevel.checkpoint()
+        return self._tags.get(repository, {}).get(tag)
+
+    async def set_tag(self, repository: str, tag: str, record: TagRecord) -> None:
+        repository = validate_repository(repository)
+        tag = validate_tag(tag)
+        if not isinstance(record, TagRecord):
+            raise InvalidInput(f"expected a TagRecord, not {type(record).__name__}")
+        await anyio.lowlevel.checkpoint()
+        self._tags.setdefault(repository, {})[tag] = record
+
+    async def delete_tag(self, repository: str, tag: str) -> bool:
+        repository = validate_repository(repository)
+        tag = validate_tag(tag)
+        await anyio.lowlevel.checkpoint()
+        return _pop(self._tags, repository, tag)
+
+    async def tags(self, repository: str) -> list[str] | None:
+        repository = validate_repository(repository)
+        await anyio.lowlevel.checkpoint()
+        tags = self._tags.get(repository)
+        if tags:
+            return sorted(tags)
+        if self._manifests.get(repository):
+            return []
+        return None
+
+    async def repositories(self) -> list[str]:
+        await anyio.lowlevel.checkpoint()
+        return sorted(name for name in self._manifests.keys() | self._tags.keys())
+
+    def __repr__(self) -> str:
+        held = self._manifests.keys() | self._tags.keys()
+        return f"MemoryManifestStore(repositories={len(held)})"
+
+
+def _pop(table: dict[str, dict[_K, _V]], repository: str, key: _K) -> bool:
+    entries = table.get(repository)
+    if entries is None or key not in entries:
+        return False
+    del entries[key]
+    # An emptied repository is forgotten, so listings only show what is held.
+    if not entries:
+        del table[repository]
+    return True
+
+
+def check_offset(offset: int, size: int | None, digest: Digest) -> None:
+    """Raise :class:`RangeInvalid` unless ``0 <= offset <= size``.
+
+    With ``size=None`` (not known yet) only the type and sign are checked.
+    """
+    if isinstance(offset, bool) or not isinstance(offset, int):
+        raise RangeInvalid(f"offset must be an integer, not {type(offset).__name__}")
+    if offset < 0 or (size is not None and offset > size):
+        raise RangeInvalid(
+            f"offset {offset} is outside the blob's {size} bytes", digest=str(digest)
+        )
+
+
+def check_size(size: int | None) -> int | None:
+    """``size`` if it is ``None`` or a non-negative integer, else :class:`InvalidInput`."""
+    if size is None:
+        return None
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise InvalidInput(f"blob size must be a non-negative integer or None, not {size!r}")
+    return size
+
+
+def check_writable(state: str, digest: Digest) -> None:
+    """Raise :class:`BlobUploadInvalid` unless a writer in ``state`` takes writes."""
+    if state != "open":
+        raise BlobUploadInvalid(
+            f"the blob writer is {state}; start a new ingest", digest=str(digest)
+        )

@@ -1,0 +1,280 @@
+"""The contracts: stores, connectors and the registry face an HTTP layer embeds.
+
+Every protocol says what "absent" and "failed" look like. Absent is a value
+(``None``, ``False``), and may be remembered as a miss; failed is an exception,
+and is never remembered as a miss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol, runtime_checkable
+
+import attrs
+
+from dockerconnect._descriptor import Descriptor
+from dockerconnect._digest import Digest, as_digest
+from dockerconnect._manifest import Manifest
+from dockerconnect._stream import BlobStream
+
+__all__ = [
+    "BlobStore",
+    "BlobWriter",
+    "Connector",
+    "IntegrityEntry",
+    "IntegrityReport",
+    "ManifestContentStore",
+    "ManifestStore",
+    "Registry",
+    "TagRecord",
+    "TagStore",
+]
+
+#: The media type a blob store reports: stores keep bytes, not their meaning.
+BLOB_MEDIA_TYPE = "application/octet-stream"
+
+
+class BlobWriter(Protocol):
+    """One blob being written; obtained from :meth:`BlobStore.ingest`.
+
+    ``write`` appends bytes; ``commit`` verifies digest and size through
+    :class:`~dockerconnect.DigestVerifier` and publishes atomically, raising
+    :class:`~dockerconnect.errors.DigestMismatch` (or ``SizeInvalid``) and
+    publishing nothing when they are wrong. A ``write`` that takes the
+    total past the declared size raises ``SizeInvalid`` at once. After a
+    failed write or commit, after a commit, and once its ``ingest`` block is
+    left, the writer is unusable: ``write`` and ``commit`` raise
+    :class:`~dockerconnect.errors.BlobUploadInvalid`. A ``commit`` cancelled
+    while it publishes may have published (verified, complete) bytes.
+    """
+
+    @property
+    def written(self) -> int:
+        """Bytes written so far."""
+        ...
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def commit(self) -> Descriptor: ...
+
+
+@runtime_checkable
+class BlobStore(Protocol):
+    """Content-addressed blob bytes.
+
+    Absent: ``stat`` and ``open`` return ``None``; ``delete`` returns ``False``.
+    Failed: any :class:`~dockerconnect.errors.DockerConnectError` (I/O
+    errors are translated, e.g. to ``StorageError``). A digest that is not a
+    :class:`~dockerconnect.Digest` or a valid digest string raises
+    ``DigestInvalid`` before any I/O. Cancelling an ``ingest`` publishes
+    nothing. :class:`dockerconnect.testing.BlobStoreConformance` is this
+    contract as tests.
+    """
+
+    async def stat(self, digest: Digest) -> Descriptor | None:
+        """The blob's descriptor (media type ``application/octet-stream``), or None."""
+        ...
+
+    async def open(self, digest: Digest, *, offset: int = 0) -> BlobStream | None:
+        """Stream the blob from ``offset``; ``RangeInvalid`` past its end."""
+        ...
+
+    def ingest(
+        self, digest: Digest, size: int | None = None
+    ) -> AbstractAsyncContextManager[BlobWriter]:
+        """Write a blob: ``async with store.ingest(d, n) as w: ...; await w.commit()``.
+
+        ``size`` is the expected length, or ``None`` if unknown. Leaving the
+        block without ``commit()`` (or with an exception, or by
+        cancellation) discards what was written. Committing a digest already
+        present succeeds and leaves one copy; so do concurrent ingests of one
+        digest. A digest whose algorithm cannot be verified raises
+        ``Unsupported``.
+        """
+        ...
+
+    async def delete(self, digest: Digest) -> bool:
+        """Remove the blob; ``False`` if it was not there."""
+        ...
+
+
+@attrs.frozen(slots=True)
+class TagRecord:
+    """Where a tag points, and when and from where that was last confirmed.
+
+    ``source`` is ``None`` for a tag pushed to this registry (authoritative),
+    or the name of the connector it was cached from.
+    """
+
+    digest: Digest = attrs.field(converter=as_digest)
+    media_type: str
+    confirmed_at: float
+    source: str | None = None
+
+    @property
+    def local(self) -> bool:
+        """Whether the tag was pushed here rather than cached from a connector."""
+        return self.source is None
+
+
+class ManifestContentStore(Protocol):
+    """Manifests by repository and digest, exact bytes kept.
+
+    Absent: ``None`` / ``False``. Failed: a ``DockerConnectError``. Invalid
+    repository names, tags and digests raise ``NameInvalid``, ``TagInvalid``
+    and ``DigestInvalid`` before any I/O.
+    """
+
+    async def get_manifest(self, repository: str, digest: Digest) -> Manifest | None: ...
+
+    async def put_manifest(self, repository: str, manifest: Manifest) -> None:
+        """Store ``manifest.data`` and its media type under its digest (idempotent)."""
+        ...
+
+    async def delete_manifest(self, repository: str, digest: Digest) -> bool: ...
+
+
+class TagStore(Protocol):
+    """Tags with a record of where they point. Absent: ``None`` / ``False``."""
+
+    async def get_tag(self, repository: str, tag: str) -> TagRecord | None: ...
+
+    async def set_tag(self, repository: str, tag: str, record: TagRecord) -> None: ...
+
+    async def delete_tag(self, repository: str, tag: str) -> bool: ...
+
+    async def tags(self, repository: str) -> list[str] | None:
+        """The repository's tags in lexical order; ``None`` if the store holds
+        nothing at all for the repository."""
+        ...
+
+
+@runtime_checkable
+class ManifestStore(ManifestContentStore, TagStore, Protocol):
+    """Manifests and tags; see :class:`ManifestContentStore` and :class:`TagStore`."""
+
+    async def repositories(self) -> list[str]:
+        """Every repository holding a manifest or a tag, in lexical order."""
+        ...
+
+
+@runtime_checkable
+class Connector(Protocol):
+    """A named upstream that a :class:`~dockerconnect.Resolver` asks in order.
+
+    Absent: ``None`` ("not there", may be remembered as a miss). Failed:
+    :class:`~dockerconnect.errors.UpstreamError` or a subclass ("could not
+    ask", never remembered). ``tags`` and ``repositories`` return ``None``
+    when the upstream cannot list (no catalog), not an empty list.
+    A ``BlobStream`` it returns raises ``UpstreamError`` from its iteration
+    when the transfer breaks; the caller resumes with ``offset``.
+    """
+
+    name: str
+
+    def serves(self, repository: str) -> bool:
+        """Whether this connector is asked about ``repository`` at all."""
+        ...
+
+    async def get_manifest(
+        self, repository: str, reference: str, *, accept: Sequence[str] | None = None
+    ) -> Manifest | None: ...
+
+    async def head_manifest(self, repository: str, reference: str) -> Descriptor | None: ...
+
+    async def stat_blob(self, repository: str, digest: Digest) -> Descriptor | None: ...
+
+    async def open_blob(
+        self, repository: str, digest: Digest, *, offset: int = 0
+    ) -> BlobStream | None: ...
+
+    async def tags(self, repository: str) -> list[str] | None: ...
+
+    async def repositories(self) -> list[str] | None: ...
+
+
+@attrs.frozen(slots=True)
+class IntegrityEntry:
+    """Where one referenced descriptor resolves.
+
+    ``location`` is the registry's own name, a connector's name, or ``None``
+    when it resolves nowhere.
+    """
+
+    descriptor: Descriptor
+    location: str | None
+
+
+@attrs.frozen(slots=True)
+class IntegrityReport:
+    """What a manifest references and where each piece resolves.
+
+    Lists what the manifest references, not the manifest itself; for an
+    index, each child and, recursively, everything each child references.
+    """
+
+    repository: str
+    manifest: Descriptor
+    entries: tuple[IntegrityEntry, ...]
+
+    @property
+    def missing(self) -> tuple[Descriptor, ...]:
+        """The descriptors that resolve nowhere."""
+        return tuple(e.descriptor for e in self.entries if e.location is None)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every reference resolves somewhere."""
+        return all(e.location is not None for e in self.entries)
+
+    def by_location(self) -> dict[str | None, list[Descriptor]]:
+        """The descriptors grouped by where they resolve."""
+        out: dict[str | None, list[Descriptor]] = {}
+        for entry in self.entries:
+            out.setdefault(entry.location, []).append(entry.descriptor)
+        return out
+
+
+@runtime_checkable
+class Registry(Protocol):
+    """The read/write face of a registry, as an HTTP layer embeds it.
+
+    Absent: ``ManifestUnknown`` / ``BlobUnknown`` / ``NameUnknown`` (all
+    :class:`~dockerconnect.errors.NotFound`). Failed: ``UpstreamError`` naming
+    the connectors that could not be asked. Invalid input: an
+    :class:`~dockerconnect.errors.InvalidInput` before any I/O.
+    ``reference`` is a tag or a digest string.
+    """
+
+    name: str
+
+    async def get_manifest(
+        self, repository: str, reference: str, *, accept: Sequence[str] | None = None
+    ) -> Manifest: ...
+
+    async def head_manifest(self, repository: str, reference: str) -> Descriptor: ...
+
+    async def stat_blob(self, repository: str, digest: Digest | str) -> Descriptor: ...
+
+    async def open_blob(
+        self, repository: str, digest: Digest | str, *, offset: int = 0
+    ) -> BlobStream: ...
+
+    async def push_blob(
+        self, repository: str, data: bytes | AsyncIterable[bytes], *, digest: Digest | str
+    ) -> Descriptor: ...
+
+    async def push_manifest(
+        self, repository: str, data: bytes, *, media_type: str, tag: str | None = None
+    ) -> Descriptor: ...
+
+    async def delete_manifest(self, repository: str, reference: str) -> None: ...
+
+    async def tags(
+        self, repository: str, *, n: int | None = None, last: str | None = None
+    ) -> list[str]: ...
+
+    async def repositories(self, *, n: int | None = None, last: str | None = None) -> list[str]: ...
+
+    async def check(self, repository: str, reference: str) -> IntegrityReport: ...

@@ -49,11 +49,11 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from dockerconnect._digest import Digest  # noqa: E402
-from dockerconnect._filesystem import FilesystemBlobStore  # noqa: E402
-from dockerconnect._memory import MemoryBlobStore  # noqa: E402
-from dockerconnect._protocols import BlobStore  # noqa: E402
-from dockerconnect._stream import CHUNK_SIZE  # noqa: E402
+from dockerconnect._digest import Digest
+from dockerconnect._filesystem import FilesystemBlobStore
+from dockerconnect._memory import MemoryBlobStore
+from dockerconnect._protocols import BlobStore
+from dockerconnect._stream import CHUNK_SIZE
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -262,6 +262,10 @@ async def peak_memory(store: BlobStore, size: int) -> dict[str, float | None]:
 # --- report --------------------------------------------------------------------------------
 
 
+def rate(mib_s: float) -> str:
+    return f"{mib_s:,.1f}" if mib_s < 100 else f"{mib_s:,.0f}"
+
+
 def render(results: dict[str, Any]) -> str:
     lines = [
         "# Blob store benchmark",
@@ -270,19 +274,19 @@ def render(results: dict[str, Any]) -> str:
         f"CHUNK_SIZE {label(CHUNK_SIZE)} · medians of {results['repeats']} runs "
         "(small blobs timed in batches)",
         "",
-        "Throughput in MiB/s; ×baseline is the store's median over the baseline's "
+        "Throughput in MiB/s; 'vs baseline' is the store's median over the baseline's "
         "(hashlib + write + fsync + rename for writes; plain chunked reads for reads).",
         "",
-        "| operation | blob size | baseline | memory | ×baseline | filesystem | ×baseline |",
+        "| operation | blob size | baseline | memory | vs baseline | filesystem | vs baseline |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for row in results["throughput"]:
         med = row["median_mib_s"]
         base = med["baseline"]
         lines.append(
-            f"| {row['operation']} | {label(row['size'])} | {base:,.0f} "
-            f"| {med['memory']:,.0f} | {med['memory'] / base:.2f} "
-            f"| {med['filesystem']:,.0f} | {med['filesystem'] / base:.2f} |"
+            f"| {row['operation']} | {label(row['size'])} | {rate(base)} "
+            f"| {rate(med['memory'])} | {med['memory'] / base:.2f}x "
+            f"| {rate(med['filesystem'])} | {med['filesystem'] / base:.2f}x |"
         )
     lines += [
         "",
@@ -309,7 +313,7 @@ async def run(quick: bool, workdir: Path) -> dict[str, Any]:
         peak_sizes = [64 * MiB, 256 * MiB]
     throughput = []
     for size, count, repeats in plan:
-        print(f"throughput: {label(size)} × {count}, {repeats} runs", file=sys.stderr)
+        print(f"throughput: {label(size)} x {count}, {repeats} runs", file=sys.stderr)
         samples = await measure_size(size, count, repeats, workdir)
         for operation, by_backend in samples.items():
             throughput.append(

@@ -35,7 +35,13 @@ from dockerconnect.errors import (
     TooManyRequests,
     UpstreamError,
 )
-from dockerconnect.testing import CountingConnector, FakeUpstream, random_blob, random_image, random_index
+from dockerconnect.testing import (
+    CountingConnector,
+    FakeUpstream,
+    random_blob,
+    random_image,
+    random_index,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -200,7 +206,9 @@ async def test_local_tag_is_authoritative() -> None:
     async with make_resolver(counted, clock=clock) as r:
         for digest, data in pushed.blobs.items():
             await r.push_blob("app", data, digest=digest)
-        await r.push_manifest("app", pushed.manifest.data, media_type=pushed.manifest.media_type, tag="v1")
+        await r.push_manifest(
+            "app", pushed.manifest.data, media_type=pushed.manifest.media_type, tag="v1"
+        )
         clock.advance(10_000)
         assert (await r.get_manifest("app", "v1")).digest == pushed.manifest.digest
         assert counted.total == 0
@@ -282,7 +290,9 @@ async def test_revalidation_asks_source_connector_first() -> None:
     second.add("app", image, tag="v1")
     a, b = CountingConnector(first), CountingConnector(second)
     clock = Clock()
-    async with make_resolver(a, b, clock=clock, policy=CachingPolicy(tag_ttl=60, negative_ttl=0)) as r:
+    async with make_resolver(
+        a, b, clock=clock, policy=CachingPolicy(tag_ttl=60, negative_ttl=0)
+    ) as r:
         await r.get_manifest("app", "v1")
         a.reset(), b.reset()
         clock.advance(61)
@@ -633,7 +643,9 @@ async def test_stream_through_into_filesystem_store(tmp_path: Path) -> None:
     ) as r:
         manifest = await r.get_manifest("app", "v1")
         for layer in manifest.blobs():
-            assert await read_all(await r.open_blob("app", layer.digest)) == image.blobs[layer.digest]
+            assert (
+                await read_all(await r.open_blob("app", layer.digest)) == image.blobs[layer.digest]
+            )
     counted.reset()
     async with Resolver(
         "local",
@@ -643,7 +655,9 @@ async def test_stream_through_into_filesystem_store(tmp_path: Path) -> None:
     ) as r:
         manifest = await r.get_manifest("app", str(image.manifest.digest))
         for layer in manifest.blobs():
-            assert await read_all(await r.open_blob("app", layer.digest)) == image.blobs[layer.digest]
+            assert (
+                await read_all(await r.open_blob("app", layer.digest)) == image.blobs[layer.digest]
+            )
         assert counted.total == 0
 
 
@@ -708,7 +722,9 @@ async def test_push_with_layers_behind_connector_then_connector_removed_dangles(
     release = FakeUpstream("release")
     release.add("app", base, tag="base")
     async with make_resolver(release, name="prerelease") as r:
-        await r.push_manifest("app", base.manifest.data, media_type=base.manifest.media_type, tag="v1")
+        await r.push_manifest(
+            "app", base.manifest.data, media_type=base.manifest.media_type, tag="v1"
+        )
         report = await r.check("app", "v1")
         assert report.ok
         assert {e.location for e in report.entries} == {"release"}
@@ -733,7 +749,9 @@ async def test_pin_on_push_copies_everything_so_nothing_dangles() -> None:
     release = FakeUpstream("release")
     release.add("app", index)
     async with make_resolver(release, policy=CachingPolicy(pin_on_push=True)) as r:
-        await r.push_manifest("app", index.manifest.data, media_type=index.manifest.media_type, tag="v1")
+        await r.push_manifest(
+            "app", index.manifest.data, media_type=index.manifest.media_type, tag="v1"
+        )
         r.connectors.clear()
         report = await r.check("app", "v1")
         assert report.ok
@@ -743,10 +761,14 @@ async def test_pin_on_push_copies_everything_so_nothing_dangles() -> None:
 async def test_push_manifest_validates() -> None:
     async with make_resolver() as r:
         with pytest.raises(ManifestInvalid):
-            await r.push_manifest("app", b"not json", media_type="application/vnd.oci.image.manifest.v1+json")
+            await r.push_manifest(
+                "app", b"not json", media_type="application/vnd.oci.image.manifest.v1+json"
+            )
         image = random_image(seed=27)
         with pytest.raises(ManifestInvalid):
-            await r.push_manifest("app", image.manifest.data, media_type="application/vnd.oci.image.index.v1+json")
+            await r.push_manifest(
+                "app", image.manifest.data, media_type="application/vnd.oci.image.index.v1+json"
+            )
 
 
 async def test_push_blob_stream_verified() -> None:
@@ -768,8 +790,12 @@ async def test_delete_manifest_by_tag_and_digest() -> None:
     async with make_resolver() as r:
         for digest, data in image.blobs.items():
             await r.push_blob("app", data, digest=digest)
-        await r.push_manifest("app", image.manifest.data, media_type=image.manifest.media_type, tag="a")
-        await r.push_manifest("app", image.manifest.data, media_type=image.manifest.media_type, tag="b")
+        await r.push_manifest(
+            "app", image.manifest.data, media_type=image.manifest.media_type, tag="a"
+        )
+        await r.push_manifest(
+            "app", image.manifest.data, media_type=image.manifest.media_type, tag="b"
+        )
         await r.delete_manifest("app", "a")
         assert await r.tags("app") == ["b"]
         await r.delete_manifest("app", str(image.manifest.digest))
@@ -806,7 +832,9 @@ async def test_catalog_merged_and_no_catalog_is_skipped() -> None:
         image = random_image(seed=35)
         for digest, data in image.blobs.items():
             await r.push_blob("mid", data, digest=digest)
-        await r.push_manifest("mid", image.manifest.data, media_type=image.manifest.media_type, tag="x")
+        await r.push_manifest(
+            "mid", image.manifest.data, media_type=image.manifest.media_type, tag="x"
+        )
         assert await r.repositories() == ["alpha", "mid", "zeta"]
         assert await r.repositories(n=1, last="alpha") == ["mid"]
         assert r.stats.listings_skipped == 2
@@ -820,7 +848,9 @@ async def test_registry_connector_chain_prerelease_to_release() -> None:
     async with make_resolver(name="release") as release:
         for digest, data in image.blobs.items():
             await release.push_blob("app", data, digest=digest)
-        await release.push_manifest("app", image.manifest.data, media_type=image.manifest.media_type, tag="1.0")
+        await release.push_manifest(
+            "app", image.manifest.data, media_type=image.manifest.media_type, tag="1.0"
+        )
         async with make_resolver(RegistryConnector(release), name="prerelease") as pre:
             manifest = await pre.get_manifest("app", "1.0")
             assert manifest.digest == image.manifest.digest
@@ -828,7 +858,9 @@ async def test_registry_connector_chain_prerelease_to_release() -> None:
                 stream = await pre.open_blob("app", layer.digest)
                 assert stream.source == "release"
                 assert await read_all(stream) == image.blobs[layer.digest]
-                assert (await pre.stat_blob("app", layer.digest)).size == len(image.blobs[layer.digest])
+                assert (await pre.stat_blob("app", layer.digest)).size == len(
+                    image.blobs[layer.digest]
+                )
             assert await pre.tags("app") == ["1.0"]
 
 
@@ -866,10 +898,14 @@ async def test_diamond_is_not_a_cycle() -> None:
     async with make_resolver(name="d") as d:
         for digest, data in image.blobs.items():
             await d.push_blob("app", data, digest=digest)
-        await d.push_manifest("app", image.manifest.data, media_type=image.manifest.media_type, tag="v1")
-        async with make_resolver(RegistryConnector(d), name="b") as b, make_resolver(
-            RegistryConnector(d), name="c"
-        ) as c, make_resolver(RegistryConnector(b), RegistryConnector(c), name="a") as a:
+        await d.push_manifest(
+            "app", image.manifest.data, media_type=image.manifest.media_type, tag="v1"
+        )
+        async with (
+            make_resolver(RegistryConnector(d), name="b") as b,
+            make_resolver(RegistryConnector(d), name="c") as c,
+            make_resolver(RegistryConnector(b), RegistryConnector(c), name="a") as a,
+        ):
             assert (await a.get_manifest("app", "v1")).digest == image.manifest.digest
             assert a.stats.cycles_refused == 0
             assert b.stats.cycles_refused == 0 and c.stats.cycles_refused == 0
@@ -878,9 +914,10 @@ async def test_diamond_is_not_a_cycle() -> None:
 async def test_upstream_errors_pass_through_registry_connector() -> None:
     down = FakeUpstream("down")
     down.faults.rate_limited = 3.0
-    async with make_resolver(down, name="inner") as inner, make_resolver(
-        RegistryConnector(inner), name="outer"
-    ) as outer:
+    async with (
+        make_resolver(down, name="inner") as inner,
+        make_resolver(RegistryConnector(inner), name="outer") as outer,
+    ):
         with pytest.raises(TooManyRequests) as info:
             await outer.get_manifest("app", "v1")
         assert info.value.connector == "down"

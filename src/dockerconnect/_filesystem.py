@@ -71,7 +71,6 @@ from dockerconnect._stream import CHUNK_SIZE, BlobStream
 from dockerconnect.errors import (
     InvalidInput,
     NameInvalid,
-    RangeInvalid,
     StorageError,
     TagInvalid,
 )
@@ -238,13 +237,9 @@ class FilesystemBlobStore:
         opened = await _run("open blob", _open_at, self._path(digest), offset)
         if opened is None:
             return None
-        file, size = opened
-        try:
-            check_offset(offset, size, digest)
-        except RangeInvalid:
-            file.close()
-            raise
-        chunks = _FileChunks(file, offset, size)
+        file, first, size = opened
+        check_offset(offset, size, digest)
+        chunks = _FileChunks(file, first, offset, size)
         return BlobStream(digest, size, chunks, offset=offset, source=self.name)
 
     def ingest(
@@ -255,8 +250,7 @@ class FilesystemBlobStore:
 
     @asynccontextmanager
     async def _ingest(self, verifier: DigestVerifier) -> AsyncIterator[BlobWriter]:
-        fd, temp = await _run("create a temporary file", self._root.create_temp)
-        writer = _FileWriter(self._root, verifier, fd, temp, self._path(verifier.digest))
+        writer = _FileWriter(self._root, verifier, self._path(verifier.digest))
         try:
             yield writer
         finally:
@@ -276,20 +270,23 @@ class _FileWriter:
     """Writes into a locked temporary file; publishes it on a verified commit.
 
     Writes smaller than a chunk are coalesced so each thread hop moves about
-    :data:`CHUNK_SIZE` bytes; hashing goes through the verifier as bytes
-    arrive, so a source that sends too much fails on the write that overflows.
+    :data:`CHUNK_SIZE` bytes, and the temporary file is created by the first
+    hop: a small blob costs one hop in all (at ``commit``), and an ingest
+    abandoned before its first chunk touches no file. A chunk-sized write is
+    hashed and written at the same time, in two worker threads. Hashing goes
+    through the verifier as bytes arrive, so a source that sends too much
+    fails on the write that overflows.
     """
 
     __slots__ = ("_buffer", "_fd", "_final", "_root", "_state", "_temp", "_verifier")
 
-    def __init__(
-        self, root: _Root, verifier: DigestVerifier, fd: int, temp: str, final: str
-    ) -> None:
+    def __init__(self, root: _Root, verifier: DigestVerifier, final: str) -> None:
         self._root = root
         self._verifier = verifier
-        self._fd: int | None = fd
-        self._temp = temp
         self._final = final
+        # Set from a worker thread by ``_append``; read by ``_release``.
+        self._fd: int | None = None
+        self._temp = ""
         self._buffer = bytearray()
         self._state = "open"
 
@@ -300,11 +297,11 @@ class _FileWriter:
     async def write(self, data: bytes) -> None:
         check_writable(self._state, self._verifier.digest)
         try:
-            await self._verifier.aupdate(data)
             if len(data) >= CHUNK_SIZE:
                 await self._flush()
-                await self._write(data)
+                await self._hash_and_write(data)
             else:
+                await self._verifier.aupdate(data)
                 self._buffer += data
                 if len(self._buffer) >= CHUNK_SIZE:
                     await self._flush()
@@ -315,27 +312,57 @@ class _FileWriter:
     async def commit(self) -> Descriptor:
         check_writable(self._state, self._verifier.digest)
         try:
-            await self._flush()
             self._verifier.verify()
-            fd, self._fd = self._fd, None
-            assert fd is not None
-            await _run(
-                "publish blob", self._root.publish, fd, self._temp, self._final, replace=False
-            )
+            rest, self._buffer = bytes(self._buffer), bytearray()
+            await _run("publish blob", self._publish, rest)
         except BaseException:
             await self._fail()
             raise
         self._state = "committed"
         return Descriptor(BLOB_MEDIA_TYPE, self._verifier.digest, self._verifier.count)
 
+    async def _hash_and_write(self, data: bytes) -> None:
+        # Exceptions are collected rather than left to the task group, which
+        # would wrap them in an ExceptionGroup; the first one is raised as is.
+        failures: list[Exception] = []
+
+        async def write() -> None:
+            try:
+                await _run("write blob", self._append, data)
+            except Exception as exc:
+                failures.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(write)
+            try:
+                await self._verifier.aupdate(data)
+            except Exception as exc:
+                failures.append(exc)
+                # Overflow is detected before the first await: the write has
+                # not started and never will.
+                tg.cancel_scope.cancel()
+        if failures:
+            raise failures[0]
+
     async def _flush(self) -> None:
         if self._buffer:
             data, self._buffer = bytes(self._buffer), bytearray()
-            await self._write(data)
+            await _run("write blob", self._append, data)
 
-    async def _write(self, data: bytes) -> None:
-        assert self._fd is not None
-        await _run("write blob", _write_all, self._fd, data)
+    def _append(self, data: bytes) -> None:
+        """Write ``data`` to the temporary file, creating it first if needed."""
+        if self._fd is None:
+            self._fd, self._temp = self._root.create_temp()
+        _write_all(self._fd, data)
+
+    def _publish(self, rest: bytes) -> None:
+        if self._fd is None and os.path.exists(self._final):
+            # Small and already stored: no file needs writing at all.
+            return
+        self._append(rest)
+        fd, self._fd = self._fd, None
+        assert fd is not None
+        self._root.publish(fd, self._temp, self._final, replace=False)
 
     async def _fail(self) -> None:
         self._state = "failed"
@@ -358,23 +385,29 @@ class _FileWriter:
 
 
 class _FileChunks:
-    """The chunks of an open blob file from an offset; closing closes the file.
+    """The chunks of a blob file from an offset; closing closes the file.
 
-    A class rather than an async generator: a generator that was never
-    iterated runs no ``finally`` when closed, and would leak the file.
+    The first chunk is read when the file is opened (one thread hop for a
+    blob that fits in a chunk, and then no file stays open). A class rather
+    than an async generator: a generator that was never iterated runs no
+    ``finally`` when closed, and would leak the file.
     """
 
-    __slots__ = ("_end", "_file", "_position")
+    __slots__ = ("_end", "_file", "_first", "_position")
 
-    def __init__(self, file: io.FileIO, offset: int, size: int) -> None:
-        self._file: io.FileIO | None = file
-        self._position = offset
+    def __init__(self, file: io.FileIO | None, first: bytes, offset: int, size: int) -> None:
+        self._file = file
+        self._first: bytes | None = first
+        self._position = offset + len(first)
         self._end = size
 
     def __aiter__(self) -> _FileChunks:
         return self
 
     async def __anext__(self) -> bytes:
+        first, self._first = self._first, None
+        if first:
+            return first
         file = self._file
         if file is None or self._position >= self._end:
             await self.aclose()
@@ -394,6 +427,7 @@ class _FileChunks:
         return chunk
 
     async def aclose(self) -> None:
+        self._first = None
         file, self._file = self._file, None
         if file is not None:
             file.close()
@@ -608,19 +642,26 @@ def _size_or_none(path: str) -> int | None:
         return None
 
 
-def _open_at(path: str, offset: int) -> tuple[io.FileIO, int] | None:
+def _open_at(path: str, offset: int) -> tuple[io.FileIO | None, bytes, int] | None:
+    """``(file, first chunk from offset, size)``; ``file`` is ``None`` (closed)
+    when the first chunk is all there is, or ``offset`` is past the end."""
     try:
         file = io.FileIO(path, "r")
     except (FileNotFoundError, NotADirectoryError):
         return None
     try:
         size = os.fstat(file.fileno()).st_size
-        if 0 < offset <= size:
+        first = b""
+        if offset < size:
             file.seek(offset)
+            first = file.read(min(CHUNK_SIZE, size - offset))
+        if offset + len(first) >= size:
+            file.close()
+            return None, first, size
     except BaseException:
         file.close()
         raise
-    return file, size
+    return file, first, size
 
 
 def _read_or_none(path: str) -> bytes | None:

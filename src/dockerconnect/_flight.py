@@ -17,7 +17,8 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from typing import IO
 
 import anyio
@@ -25,7 +26,7 @@ import anyio.to_thread
 
 from dockerconnect._chain import Work
 from dockerconnect._digest import Digest
-from dockerconnect._stream import CHUNK_SIZE, BlobStream
+from dockerconnect._stream import BlobStream
 from dockerconnect.errors import RangeInvalid, ResolverClosed
 
 __all__ = ["BlobFlight", "coalesce", "copy_error"]
@@ -33,11 +34,16 @@ __all__ = ["BlobFlight", "coalesce", "copy_error"]
 #: Small network reads are joined to at least this many bytes before a thread
 #: hop (hashing, writing): per-hop overhead dwarfs tiny chunks.
 COALESCE_SIZE = 512 * 1024
+#: Recent chunks kept in memory per flight, for readers that keep up.
+TAIL_SIZE = 8 * 1024 * 1024
+#: Readers replaying from the spool read this much at a time: small enough
+#: that a hundred lagging readers stay cheap, large enough for few thread hops.
+REPLAY_CHUNK = 256 * 1024
 
 
 async def coalesce(
-    chunks: AsyncIterator[bytes] | BlobStream, size: int = COALESCE_SIZE
-) -> AsyncIterator[bytes]:
+    chunks: AsyncIterable[bytes], size: int = COALESCE_SIZE
+) -> AsyncGenerator[bytes, None]:
     """Join small chunks into pieces of at least ``size`` bytes (the last may be smaller)."""
     pending: list[bytes] = []
     held = 0
@@ -80,6 +86,8 @@ class BlobFlight(Work):
         self._progress = anyio.Event()
         self._spool_dir = spool_dir
         self._spool: IO[bytes] | None = None
+        self._tail: deque[tuple[int, bytes]] = deque()
+        self._tail_bytes = 0
         self._readers = 0
 
     # -- the driving side ---------------------------------------------------
@@ -104,8 +112,26 @@ class BlobFlight(Work):
         fd = self._spool.fileno()
         offset = self.received
         await anyio.to_thread.run_sync(_pwrite_all, fd, chunk, offset)
+        self._tail.append((offset, chunk))
+        self._tail_bytes += len(chunk)
+        while self._tail_bytes - len(self._tail[0][1]) >= TAIL_SIZE:
+            self._tail_bytes -= len(self._tail.popleft()[1])
         self.received += len(chunk)
         self._notify()
+
+    def _from_tail(self, pos: int, limit: int) -> bytes | None:
+        """Bytes at ``pos`` (up to ``limit``) from the in-memory tail, if it holds them.
+
+        Readers that keep up with the transfer share the very chunk objects
+        the flight received: no copy, no thread hop, no extra memory.
+        """
+        for start, chunk in self._tail:
+            end = start + len(chunk)
+            if start <= pos < end:
+                if pos == start and end <= limit:
+                    return chunk
+                return chunk[pos - start : min(end, limit) - start]
+        return None
 
     def mark_verified(self) -> None:
         """Every byte is in and matches the digest: release the last byte."""
@@ -117,6 +143,8 @@ class BlobFlight(Work):
         if error is not None and not self.verified:
             self.error = error
         self.done = True
+        self._tail.clear()
+        self._tail_bytes = 0
         self.ready.set()
         self.finished.set()
         self._notify()
@@ -144,44 +172,67 @@ class BlobFlight(Work):
         return BlobStream(
             self.digest,
             self.size,
-            self._read(offset, on_bytes),
+            _Reader(self, self._read(offset, on_bytes)),
             offset=offset,
             source=self.source,
         )
 
+    def _release_reader(self) -> None:
+        self._readers -= 1
+        self._maybe_close()
+
     async def _read(
         self, offset: int, on_bytes: Callable[[int], None] | None
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         assert self.size is not None
         size = self.size
         pos = offset
-        try:
-            while True:
-                if self.error is not None:
-                    raise copy_error(self.error)
-                limit = self.received if self.verified else min(self.received, size - 1)
-                if pos < limit:
+        while True:
+            if self.error is not None:
+                raise copy_error(self.error)
+            limit = self.received if self.verified else min(self.received, size - 1)
+            if pos < limit:
+                data = self._from_tail(pos, limit)
+                if data is None:
                     spool = self._spool
                     assert spool is not None
-                    n = min(limit - pos, CHUNK_SIZE)
+                    n = min(limit - pos, REPLAY_CHUNK)
                     data = await anyio.to_thread.run_sync(os.pread, spool.fileno(), n, pos)
-                    if not data:  # pragma: no cover - the spool never shrinks
-                        raise ResolverClosed("blob spool ended early", digest=self.digest)
-                    pos += len(data)
-                    if on_bytes is not None:
-                        on_bytes(len(data))
-                    yield data
-                    continue
-                if pos >= size and self.verified:
-                    return
-                if self.done:
-                    raise copy_error(
-                        self.error or ResolverClosed("blob fetch stopped", digest=self.digest)
-                    )
-                await self._progress.wait()
+                if not data:  # pragma: no cover - the spool never shrinks
+                    raise ResolverClosed("blob spool ended early", digest=self.digest)
+                pos += len(data)
+                if on_bytes is not None:
+                    on_bytes(len(data))
+                yield data
+                continue
+            if pos >= size and self.verified:
+                return
+            if self.done:
+                raise copy_error(
+                    self.error or ResolverClosed("blob fetch stopped", digest=self.digest)
+                )
+            await self._progress.wait()
+
+
+class _Reader:
+    """A flight reader that gives its place back however it ends (even unstarted)."""
+
+    def __init__(self, flight: BlobFlight, chunks: AsyncGenerator[bytes, None]) -> None:
+        self._flight = flight
+        self._chunks = chunks
+        self._released = False
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks
+
+    async def aclose(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        try:
+            await self._chunks.aclose()
         finally:
-            self._readers -= 1
-            self._maybe_close()
+            self._flight._release_reader()
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:

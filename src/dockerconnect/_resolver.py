@@ -13,8 +13,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Mapping,
+    Sequence,
+)
+from contextlib import AsyncExitStack, aclosing
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -753,38 +762,11 @@ class Resolver:
                     writer = await stack.enter_async_context(self.blobs.ingest(digest, size))
                 else:
                     verifier = DigestVerifier(digest, size)
+                sink = writer.write if writer is not None else verifier.aupdate  # type: ignore[union-attr]
                 resumes = 0
                 while True:
                     try:
-                        async with stream:
-                            if stream.offset != flight.received:
-                                raise UpstreamError(
-                                    f"connector {connector.name!r} resumed at {stream.offset},"
-                                    f" not {flight.received}",
-                                    connector=connector.name,
-                                    digest=digest,
-                                )
-                            async for chunk in coalesce(stream):
-                                if flight.received + len(chunk) > size:
-                                    raise DigestMismatch(
-                                        f"connector {connector.name!r} sent more than {size} bytes",
-                                        connector=connector.name,
-                                        digest=digest,
-                                    )
-                                if writer is not None:
-                                    await writer.write(chunk)
-                                else:
-                                    assert verifier is not None
-                                    await verifier.aupdate(chunk)
-                                await flight.append(chunk)
-                                self.stats.bytes_from_upstream[connector.name] += len(chunk)
-                        if flight.received < size:
-                            raise UpstreamError(
-                                f"connector {connector.name!r} ended the blob after "
-                                f"{flight.received} of {size} bytes",
-                                connector=connector.name,
-                                digest=digest,
-                            )
+                        await self._pump(flight, connector, stream, sink)
                         break
                     except UpstreamError as exc:
                         if isinstance(exc, DigestMismatch) or resumes >= MAX_RESUMES:
@@ -827,6 +809,44 @@ class Resolver:
             self.stats.upstream_errors[connector.name] += 1
             raise
 
+    async def _pump(
+        self,
+        flight: BlobFlight,
+        connector: Connector,
+        stream: BlobStream,
+        sink: Callable[[bytes], Coroutine[Any, Any, None]],
+    ) -> None:
+        """Move one upstream stream into ``sink`` and the flight; raise if it ends short."""
+        size = stream.size
+        async with stream:
+            if stream.offset != flight.received:
+                raise UpstreamError(
+                    f"connector {connector.name!r} resumed at {stream.offset},"
+                    f" not {flight.received}",
+                    connector=connector.name,
+                    digest=flight.digest,
+                )
+            async with aclosing(coalesce(stream)) as chunks:
+                async for chunk in chunks:
+                    if flight.received + len(chunk) > size:
+                        raise DigestMismatch(
+                            f"connector {connector.name!r} sent more than {size} bytes",
+                            connector=connector.name,
+                            digest=flight.digest,
+                        )
+                    # Cache and spool in parallel: two worker threads, two cores.
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(sink, chunk)
+                        await flight.append(chunk)
+                    self.stats.bytes_from_upstream[connector.name] += len(chunk)
+        if flight.received < size:
+            raise UpstreamError(
+                f"connector {connector.name!r} ended the blob after "
+                f"{flight.received} of {size} bytes",
+                connector=connector.name,
+                digest=flight.digest,
+            )
+
     # -- writes -------------------------------------------------------------
 
     async def push_blob(
@@ -844,8 +864,9 @@ class Resolver:
                 for start in range(0, len(view), 1024 * 1024):
                     await writer.write(bytes(view[start : start + 1024 * 1024]))
             else:
-                async for chunk in coalesce(_aiter(data)):
-                    await writer.write(chunk)
+                async with aclosing(coalesce(_aiter(data))) as chunks:
+                    async for chunk in chunks:
+                        await writer.write(chunk)
             return await writer.commit()
 
     async def push_manifest(
@@ -1148,7 +1169,7 @@ async def _counted(stream: BlobStream, count: Callable[[int], None]) -> AsyncIte
             yield chunk
 
 
-async def _aiter(data: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+async def _aiter(data: AsyncIterable[bytes]) -> AsyncGenerator[bytes, None]:
     async for chunk in data:
         if not isinstance(chunk, (bytes, bytearray, memoryview)):
             raise InvalidInput(f"blob data must be bytes, not {type(chunk).__name__}")

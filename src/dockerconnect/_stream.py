@@ -66,7 +66,7 @@ class BlobStream:
         self._iterator = self._iterate()
         return self._iterator
 
-    async def _iterate(self) -> AsyncIterator[bytes]:
+    async def _iterate(self) -> AsyncGenerator[bytes, None]:
         try:
             async for chunk in self._chunks:
                 if chunk:

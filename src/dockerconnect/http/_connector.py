@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import fnmatch
 import json
@@ -18,7 +19,7 @@ import anyio
 import httpx
 
 from dockerconnect._descriptor import Descriptor
-from dockerconnect._digest import Digest, DigestVerifier
+from dockerconnect._digest import THREAD_HASH_THRESHOLD, Digest, DigestVerifier
 from dockerconnect._manifest import (
     MANIFEST_MEDIA_TYPES,
     MAX_MANIFEST_SIZE,
@@ -189,6 +190,7 @@ class HttpConnector:
         # round trip per repository.
         self._bearer: Challenge | None = None
         self._basic = False
+        self._hasher: concurrent.futures.ThreadPoolExecutor | None = None
         self._owns_client = client is None
         self._client = client or httpx.AsyncClient(
             transport=transport, timeout=self._timeout, verify=verify, follow_redirects=False
@@ -197,9 +199,22 @@ class HttpConnector:
     # -- lifecycle -----------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Close the HTTP client if this connector made it (an injected one is left open)."""
+        """Release the hashing threads, and close the HTTP client if this
+        connector made it (an injected one is left open)."""
+        pool, self._hasher = self._hasher, None
+        if pool is not None:
+            pool.shutdown(wait=False)
         if self._owns_client:
             await self._client.aclose()
+
+    def _hash_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        # Per instance (no hidden shared state); two threads serve the 2-core
+        # machines this is tuned for, each download keeping at most one job queued.
+        if self._hasher is None:
+            self._hasher = concurrent.futures.ThreadPoolExecutor(
+                max_workers=2, thread_name_prefix=f"dockerconnect-hash-{self.name}"
+            )
+        return self._hasher
 
     async def __aenter__(self) -> HttpConnector:
         return self
@@ -630,14 +645,13 @@ class HttpConnector:
         buffer more than that."""
         parts: list[bytes] = []
         total = 0
-        # aclosing: leaving the loop early must finalise httpx's generator now,
-        # not whenever the garbage collector gets to it (outside any event loop).
-        async with contextlib.aclosing(response.aiter_bytes()) as chunks:
-            async for chunk in chunks:
-                parts.append(chunk)
-                total += len(chunk)
-                if total >= cap:
-                    break
+        chunks = response.aiter_bytes()
+        async for chunk in chunks:
+            parts.append(chunk)
+            total += len(chunk)
+            if total >= cap:
+                await _abandon(response, chunks)
+                break
         return b"".join(parts)[:cap]
 
     # -- blobs -------------------------------------------------------------------
@@ -1111,6 +1125,12 @@ class _BlobBody:
         # Only a download that starts at byte 0 can be hashed; with a server
         # that answers a ranged GET with the whole blob (200), it does.
         verifier = DigestVerifier(self._digest, size) if self._start == 0 else None
+        # Hashing is pipelined: chunk N is hashed in a worker thread while chunk
+        # N+1 is received, instead of the loop waiting for each hash (which
+        # costs a thread round trip per chunk and overlaps nothing). Only this
+        # generator schedules work on the verifier, one update at a time, in order.
+        hashed_to = 0  # blob position up to which hashing has been scheduled
+        hashing: concurrent.futures.Future[None] | None = None
         held: bytes | None = None
         resumes = 0
         while True:
@@ -1119,13 +1139,22 @@ class _BlobBody:
             at = self._start  # blob position of the next byte this response sends
             failure: BaseException | None = None
             body = response.aiter_bytes(CHUNK_SIZE)
+            finished = False
             try:
                 async for chunk in body:
                     end = at + len(chunk)
                     if end > size:
                         raise self._error(SizeInvalid, f"upstream sent more than {size} bytes")
-                    if verifier is not None and verifier.count < end:
-                        await verifier.aupdate(chunk[max(0, verifier.count - at) :])
+                    if verifier is not None and hashed_to < end:
+                        part = chunk[max(0, hashed_to - at) :]
+                        hashed_to = end
+                        if hashing is not None:
+                            await _finished(hashing)
+                            hashing = None
+                        if len(part) >= THREAD_HASH_THRESHOLD:
+                            hashing = c._hash_pool().submit(verifier.update, part)
+                        else:
+                            verifier.update(part)
                     if end > position:
                         piece = chunk[max(0, position - at) :]
                         position = end
@@ -1136,12 +1165,15 @@ class _BlobBody:
                                 yield held
                             held = piece
                     at = end
+                finished = True
             except _HTTPX_ERRORS as exc:
-                failure = exc
+                failure, finished = exc, True
             finally:
                 self._response = None
-                await body.aclose()
-                await response.aclose()
+                if finished:
+                    await response.aclose()
+                else:  # the reader stopped early, or the bytes were wrong
+                    await _abandon(response, body)
             if position >= size:
                 break
             if resumes >= c.max_resumes:
@@ -1164,12 +1196,49 @@ class _BlobBody:
                 self._response, self._start = await c._resume(
                     self._upstream, self._repository, self._digest, position, size
                 )
+        if hashing is not None:
+            await _finished(hashing)
         if verifier is not None and not verifier.ok:
             raise self._error(
                 DigestMismatch, f"upstream sent {size} bytes that do not hash to the blob's digest"
             )
         if held is not None:
             yield held
+
+
+async def _finished(future: concurrent.futures.Future[None]) -> None:
+    """Wait for a hashing job without blocking the event loop."""
+    if not future.done():
+        await anyio.to_thread.run_sync(future.result)
+    future.result()
+
+
+#: How many more reads an abandoned body gets to end itself.
+_ABANDON_READS = 64
+
+
+async def _abandon(response: httpx.Response, chunks: AsyncIterator[bytes]) -> None:
+    """Stop reading a body midway without leaving httpx's generators to the GC.
+
+    httpx reads bodies through a chain of async generators; closing the
+    outermost does not close the ones inside it, and trio warns about (and
+    asyncio defers) generators collected unfinished. Closing the response
+    closes the connection under the chain, so the next read ends every
+    generator in it with an error, which finalises them all now. Shielded,
+    since this also runs when the reader is being cancelled.
+    """
+    with anyio.CancelScope(shield=True):
+        await response.aclose()
+        try:
+            for _ in range(_ABANDON_READS):
+                await chunks.__anext__()
+        except StopAsyncIteration:
+            return
+        except Exception:  # the error that ends the chain is the point, not a fault
+            return
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 async def _empty() -> AsyncIterator[bytes]:

@@ -13,7 +13,8 @@
   the real ``skopeo`` (:func:`skopeo_push`) or the HTTP API (:func:`push_content`).
 """
 
-from dockerconnect.testing._connector_conformance import ConnectorConformance, ConnectorFactory
+from typing import TYPE_CHECKING, Any
+
 from dockerconnect.testing._distribution import (
     DistributionRegistry,
     TokenAuthConfig,
@@ -30,12 +31,41 @@ from dockerconnect.testing._images import (
     random_index,
     write_oci_layout,
 )
-from dockerconnect.testing._store_conformance import (
-    BlobStoreConformance,
-    BlobStoreFactory,
-    ManifestStoreConformance,
-    ManifestStoreFactory,
-)
+
+if TYPE_CHECKING:
+    from dockerconnect.testing._connector_conformance import (
+        ConnectorConformance,
+        ConnectorFactory,
+    )
+    from dockerconnect.testing._store_conformance import (
+        BlobStoreConformance,
+        BlobStoreFactory,
+        ManifestStoreConformance,
+        ManifestStoreFactory,
+    )
+
+# The conformance suites need pytest; importing them lazily keeps the rest of
+# this module (random images, the fake upstream) usable without it.
+_LAZY = {
+    "BlobStoreConformance": "_store_conformance",
+    "BlobStoreFactory": "_store_conformance",
+    "ManifestStoreConformance": "_store_conformance",
+    "ManifestStoreFactory": "_store_conformance",
+    "ConnectorConformance": "_connector_conformance",
+    "ConnectorFactory": "_connector_conformance",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "BlobStoreConformance",

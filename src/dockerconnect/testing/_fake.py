@@ -19,6 +19,7 @@ from dockerconnect._descriptor import Descriptor
 from dockerconnect._digest import Digest
 from dockerconnect._manifest import Manifest
 from dockerconnect._protocols import Connector
+from dockerconnect._reference import validate_repository, validate_tag
 from dockerconnect._registry_connector import matches_patterns
 from dockerconnect._stream import BlobStream
 from dockerconnect.errors import TooManyRequests, UpstreamError
@@ -146,9 +147,10 @@ class FakeUpstream:
             raise UpstreamError("upstream is down", connector=self.name)
 
     def _lookup(self, repository: str, reference: str) -> Manifest | None:
+        validate_repository(repository)
         if ":" in reference:
             return self._manifests.get((repository, Digest.parse(reference)))
-        digest = self._tags.get(repository, {}).get(reference)
+        digest = self._tags.get(repository, {}).get(validate_tag(reference))
         if digest is None:
             return None
         return self._manifests.get((repository, digest))
@@ -171,6 +173,8 @@ class FakeUpstream:
         return manifest.descriptor() if manifest is not None else None
 
     def _has_blob(self, repository: str, digest: Digest) -> bool:
+        validate_repository(repository)
+        digest = Digest.parse(digest)
         return digest in self._blobs and repository in self._blob_repos.get(digest, ())
 
     async def stat_blob(self, repository: str, digest: Digest) -> Descriptor | None:
@@ -225,6 +229,7 @@ class FakeUpstream:
             pos = end
 
     async def tags(self, repository: str) -> list[str] | None:
+        validate_repository(repository)
         await anyio.lowlevel.checkpoint()
         self._check()
         if not self.can_list:

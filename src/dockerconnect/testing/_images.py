@@ -64,7 +64,7 @@ class RandomImage:
         """Config and layers by digest."""
         assert self.manifest.config is not None
         out = {self.manifest.config.digest: self.config}
-        for desc, data in zip(self.manifest.layers, self.layers):
+        for desc, data in zip(self.manifest.layers, self.layers, strict=True):
             out[desc.digest] = data
         return out
 

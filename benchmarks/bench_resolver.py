@@ -1,0 +1,290 @@
+"""The Resolver's hot paths, side by side with plain baselines, in one run.
+
+Run from the repository root::
+
+    python benchmarks/bench_resolver.py            # 256 MiB blob; about a minute
+    python benchmarks/bench_resolver.py --quick    # tiny sizes, for CI
+
+What is measured (asyncio, one process, 2 cores shared by everything):
+
+- **warm manifest resolution**: ``get_manifest`` by tag (fresh) and by digest,
+  operations per second, over memory and filesystem stores.
+- **cold stream-through**: one blob from an in-process fake upstream (1 MiB
+  chunks) through a Resolver into a ``FilesystemBlobStore`` while one client
+  reads it, against a plain loop over the same bytes: sha256 + write to a
+  file + fsync + rename. Ratio = resolver MiB/s / baseline MiB/s.
+- **fan-out**: 1, 10 and 100 concurrent readers of one cold blob: wall time,
+  upstream transfers (must be 1) and peak RSS growth (``VmHWM`` reset through
+  ``/proc/self/clear_refs``), which must not grow with the reader count.
+
+Each figure is the median of several repetitions. Results go to
+``benchmarks/results/resolver.json`` and ``resolver.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+from dockerconnect import (
+    Digest,
+    FilesystemBlobStore,
+    FilesystemManifestStore,
+    MemoryBlobStore,
+    MemoryManifestStore,
+    Resolver,
+)
+from dockerconnect.testing import CountingConnector, FakeUpstream, random_image
+
+MiB = 1024 * 1024
+
+
+def reset_peak_rss() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def current_rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+async def timed(fn: Callable[[], Awaitable[Any]]) -> float:
+    start = time.perf_counter()
+    await fn()
+    return time.perf_counter() - start
+
+
+async def bench_warm_manifests(repeats: int, ops: int, root: Path) -> list[dict[str, Any]]:
+    rows = []
+    image = random_image(seed=1)
+    for backend in ("memory", "filesystem"):
+        upstream = FakeUpstream("up")
+        upstream.add("app", image, tag="v1")
+        if backend == "memory":
+            stores: dict[str, Any] = {
+                "manifests": MemoryManifestStore(),
+                "blobs": MemoryBlobStore(),
+            }
+        else:
+            d = Path(tempfile.mkdtemp(dir=root))
+            stores = {
+                "manifests": FilesystemManifestStore(d / "m"),
+                "blobs": FilesystemBlobStore(d / "b"),
+            }
+        async with Resolver("local", connectors=[upstream], **stores) as r:
+            await r.get_manifest("app", "v1")
+            digest = str(image.manifest.digest)
+            for kind, ref in (("tag", "v1"), ("digest", digest)):
+
+                async def run(ref: str = ref) -> None:
+                    for _ in range(ops):
+                        await r.get_manifest("app", ref)
+
+                times = [await timed(run) for _ in range(repeats)]
+                med = statistics.median(times)
+                rows.append(
+                    {"backend": backend, "by": kind, "ops_per_s": ops / med, "median_s": med}
+                )
+    return rows
+
+
+def baseline_copy(data_chunks: list[bytes], path: Path, digest: Digest) -> None:
+    h = hashlib.sha256()
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        for chunk in data_chunks:
+            h.update(chunk)
+            f.write(chunk)
+        f.flush()
+        os.fsync(f.fileno())
+    assert h.hexdigest() == digest.hex
+    os.replace(tmp, path)
+
+
+async def bench_stream_through(size: int, repeats: int, root: Path) -> dict[str, Any]:
+    data = os.urandom(size)
+    digest = Digest.from_bytes(data)
+    chunks = [data[i : i + MiB] for i in range(0, size, MiB)]
+    ours: list[float] = []
+    base: list[float] = []
+    for i in range(repeats):
+        # Baseline: the least a careful copy does (no event loop, no threads).
+        target = root / f"baseline-{i}"
+        start = time.perf_counter()
+        await anyio.to_thread.run_sync(baseline_copy, chunks, target, digest)
+        base.append(time.perf_counter() - start)
+        target.unlink()
+
+        upstream = FakeUpstream("up", chunk_size=MiB)
+        upstream.add_blob("app", data)
+        d = Path(tempfile.mkdtemp(dir=root))
+        async with Resolver(
+            "local",
+            manifests=MemoryManifestStore(),
+            blobs=FilesystemBlobStore(d / "b"),
+            connectors=[upstream],
+            spool_dir=str(d),
+        ) as r:
+
+            async def pull(r: Resolver = r) -> None:
+                async with await r.open_blob("app", digest) as stream:
+                    async for _ in stream:
+                        pass
+                await r.wait_idle()
+
+            ours.append(await timed(pull))
+            assert await r.blobs.stat(digest) is not None
+    ours_med, base_med = statistics.median(ours), statistics.median(base)
+    return {
+        "size_mib": size / MiB,
+        "resolver_mib_s": size / MiB / ours_med,
+        "baseline_mib_s": size / MiB / base_med,
+        "ratio": base_med / ours_med,
+    }
+
+
+async def bench_fanout(
+    size: int, readers: list[int], repeats: int, root: Path
+) -> list[dict[str, Any]]:
+    data = os.urandom(size)
+    digest = Digest.from_bytes(data)
+    rows = []
+    for n in readers:
+        times, peaks, transfers = [], [], []
+        for _ in range(repeats):
+            upstream = FakeUpstream("up", chunk_size=MiB)
+            upstream.add_blob("app", data)
+            counted = CountingConnector(upstream)
+            d = Path(tempfile.mkdtemp(dir=root))
+            gc.collect()
+            async with Resolver(
+                "local",
+                manifests=MemoryManifestStore(),
+                blobs=FilesystemBlobStore(d / "b"),
+                connectors=[counted],
+                spool_dir=str(d),
+            ) as r:
+
+                async def reader(r: Resolver = r) -> None:
+                    h = hashlib.sha256()
+                    async with await r.open_blob("app", digest) as stream:
+                        async for chunk in stream:
+                            h.update(chunk)
+                    assert h.hexdigest() == digest.hex
+
+                async def everyone(r: Resolver = r, n: int = n) -> None:
+                    async with anyio.create_task_group() as tg:
+                        for _ in range(n):
+                            tg.start_soon(reader)
+
+                before = current_rss()
+                reset_peak_rss()
+                times.append(await timed(everyone))
+                peaks.append(max(0, peak_rss() - before))
+                transfers.append(counted.calls["open_blob"])
+        rows.append(
+            {
+                "readers": n,
+                "size_mib": size / MiB,
+                "median_s": statistics.median(times),
+                "peak_rss_growth_mib": statistics.median(peaks) / MiB,
+                "upstream_transfers": max(transfers),
+            }
+        )
+    return rows
+
+
+def markdown(results: dict[str, Any]) -> str:
+    out = ["### Warm manifest resolution", "", "| store | by | ops/s |", "|---|---|---:|"]
+    for row in results["warm_manifests"]:
+        out.append(f"| {row['backend']} | {row['by']} | {row['ops_per_s']:,.0f} |")
+    s = results["stream_through"]
+    out += [
+        "",
+        f"### Cold stream-through of a {s['size_mib']:.0f} MiB blob into the filesystem store",
+        "",
+        "| path | MiB/s |",
+        "|---|---:|",
+        f"| Resolver (fake upstream -> client + FilesystemBlobStore) | {s['resolver_mib_s']:.0f} |",
+        f"| baseline (sha256 + write + fsync + rename) | {s['baseline_mib_s']:.0f} |",
+        f"| **ratio** | **{s['ratio']:.2f}** |",
+        "",
+        "### Fan-out: concurrent readers of one cold blob",
+        "",
+        "| readers | blob MiB | median s | upstream transfers | peak RSS growth MiB |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for row in results["fanout"]:
+        out.append(
+            f"| {row['readers']} | {row['size_mib']:.0f} | {row['median_s']:.2f} | "
+            f"{row['upstream_transfers']} | {row['peak_rss_growth_mib']:.1f} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+async def main(args: argparse.Namespace) -> None:
+    quick = args.quick
+    out_dir = (
+        Path(args.output)
+        if args.output
+        else (Path(tempfile.mkdtemp()) if quick else Path(__file__).parent / "results")
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        root = Path(tmp)
+        results: dict[str, Any] = {
+            "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+            "quick": quick,
+        }
+        results["warm_manifests"] = await bench_warm_manifests(
+            3 if quick else 5, 100 if quick else 2000, root
+        )
+        results["stream_through"] = await bench_stream_through(
+            4 * MiB if quick else 256 * MiB, 2 if quick else 5, root
+        )
+        results["fanout"] = await bench_fanout(
+            2 * MiB if quick else 64 * MiB,
+            [1, 10] if quick else [1, 10, 100],
+            1 if quick else 3,
+            root,
+        )
+    text = markdown(results)
+    print(text)
+    (out_dir / "resolver.json").write_text(json.dumps(results, indent=2))
+    (out_dir / "resolver.md").write_text(text)
+    print(f"results written to {out_dir}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (CI)")
+    parser.add_argument("--output", help="directory for results")
+    parser.add_argument("--tmp", help="scratch directory (default: system temp)")
+    anyio.run(main, parser.parse_args())

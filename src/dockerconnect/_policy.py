@@ -43,12 +43,15 @@ def _non_negative(instance: object, attribute: attrs.Attribute[float], value: fl
         raise InvalidInput(f"{attribute.name} must be a non-negative number of seconds")
 
 
-def _platforms(value: Sequence[str] | None) -> tuple[Platform, ...] | None:
+def _platforms(value: Sequence[str] | None) -> tuple[str, ...] | None:
     if value is None:
         return None
     if isinstance(value, str):
         value = (value,)
-    return tuple(Platform.parse(p) for p in value)
+    platforms = tuple(value)
+    for platform in platforms:
+        Platform.parse(platform)  # InvalidInput now, not when eager caching runs
+    return platforms
 
 
 @attrs.frozen(slots=True)
@@ -73,7 +76,7 @@ class CachingPolicy:
     cache_manifests: bool = True
     cache_blobs: bool = True
     eager: bool = False
-    platforms: tuple[Platform, ...] | None = attrs.field(default=None, converter=_platforms)
+    platforms: tuple[str, ...] | None = attrs.field(default=None, converter=_platforms)
     tag_ttl: float = attrs.field(default=300.0, validator=_non_negative)
     negative_ttl: float = attrs.field(default=30.0, validator=_non_negative)
     stale_if_error: float = attrs.field(default=math.inf, validator=_non_negative)
@@ -107,4 +110,4 @@ class CachingPolicy:
         """Whether eager caching of an index includes this child."""
         if self.platforms is None or child.platform is None:
             return True
-        return any(child.platform.matches(p) for p in self.platforms)
+        return any(child.platform.matches(Platform.parse(p)) for p in self.platforms)

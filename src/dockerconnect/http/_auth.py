@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 import attrs
 
+from dockerconnect.errors import InvalidInput
+
 __all__ = ["Challenge", "Credentials", "TokenCache", "parse_challenges"]
 
 #: "When omitted, this defaults to 60 seconds." (token.md, ``expires_in``)
@@ -45,7 +47,7 @@ class Credentials:
             return value
         if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, str) for v in value):
             return cls(value[0], value[1])
-        raise TypeError("credentials must be Credentials or a (username, password) pair")
+        raise InvalidInput("credentials must be Credentials or a (username, password) pair")
 
     def basic(self) -> str:
         """The value of an ``Authorization: Basic …`` header (RFC 7617)."""

@@ -921,3 +921,34 @@ async def test_upstream_errors_pass_through_registry_connector() -> None:
         with pytest.raises(TooManyRequests) as info:
             await outer.get_manifest("app", "v1")
         assert info.value.connector == "down"
+
+
+class _OpenMissesOnce(MemoryBlobStore):
+    """A store whose first ``open`` misses what ``stat`` then finds: the window in
+    which another fetch commits the blob while this request is being set up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.missed = False
+
+    async def open(self, digest: Digest, *, offset: int = 0):  # type: ignore[no-untyped-def]
+        if not self.missed:
+            self.missed = True
+            return None
+        return await super().open(digest, offset=offset)
+
+
+async def test_blob_committed_meanwhile_is_served_locally_without_upstream() -> None:
+    upstream = FakeUpstream("up")
+    digest = upstream.add_blob("app", b"content")
+    counted = CountingConnector(upstream)
+    blobs = _OpenMissesOnce()
+    async with Resolver(
+        "local", manifests=MemoryManifestStore(), blobs=blobs, connectors=[counted]
+    ) as r:
+        await r.push_blob("app", b"content", digest=digest)
+        stream = await r.open_blob("app", digest)
+        assert blobs.missed
+        assert stream.source == "local"
+        assert await read_all(stream) == b"content"
+        assert counted.total == 0

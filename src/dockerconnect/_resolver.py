@@ -699,10 +699,10 @@ class Resolver:
         try:
             local = await self.blobs.stat(digest)
             if local is not None:
-                # Committed by a fetch that ended while this one was being set up.
-                flight.cached = True
-                await flight.begin(local.size, self.name)
-                flight.mark_verified()
+                # Committed by a fetch that ended while this one was being set up:
+                # readers are sent to the store (see _join_flight).
+                flight.size, flight.source = local.size, self.name
+                flight.cached = flight.verified = True
                 return
             failures: dict[str, BaseException] = {}
             for connector in self._serving(repository):

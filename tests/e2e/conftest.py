@@ -1,0 +1,197 @@
+"""Real software on 127.0.0.1: docker-registry upstream, the example server, skopeo.
+
+Each test gets its own upstream (Debian's ``docker-registry``, through
+:class:`dockerconnect.testing.DistributionRegistry`) and its own example
+server (``examples/asgi_server.py`` as a subprocess in front of it), so tests
+that stop the upstream or remove a connector disturb nobody. Without
+``docker-registry`` or ``skopeo`` the tests are skipped with the reason, and
+fail instead when ``CI=true``: CI must run them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dockerconnect.testing import DistributionRegistry
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "asgi_server.py"
+SKOPEO_TIMEOUT = 90.0
+
+
+def _require(what: str, present: bool, how: str) -> None:
+    if present:
+        return
+    reason = f"END-TO-END TESTS NOT RUN: {what} is not installed ({how})"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def _real_tools() -> None:
+    _require(
+        "docker-registry (CNCF distribution)",
+        DistributionRegistry.available(),
+        "apt-get install docker-registry, or set DOCKER_REGISTRY_BIN",
+    )
+    _require("skopeo", shutil.which("skopeo") is not None, "apt-get install skopeo")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ExampleServer:
+    """``examples/asgi_server.py`` running as a subprocess on 127.0.0.1.
+
+    Started with ``--admin`` so tests can call ``check()`` and remove
+    connectors; its output goes to :attr:`log_path`.
+    """
+
+    def __init__(self, store: Path, upstreams: Sequence[str], *, tag_ttl: float = 300.0) -> None:
+        self.store = store
+        self.upstreams = list(upstreams)
+        self.tag_ttl = tag_ttl
+        self.log_path = store.parent / f"{store.name}-server.log"
+        self.port = 0
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def start(self) -> None:
+        self.port = _free_port()
+        command = [
+            sys.executable,
+            str(EXAMPLE),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--store",
+            str(self.store),
+            "--tag-ttl",
+            str(self.tag_ttl),
+            "--admin",
+            "--log-level",
+            "warning",
+        ]
+        for url in self.upstreams:
+            command += ["--upstream", url]
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"the example server exited:\n{self.log_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/v2/", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"the example server did not come up:\n{self.log_text()[-4000:]}")
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def request(self, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+        """One plain HTTP request: status, headers (lower-case names), body."""
+        request = urllib.request.Request(f"{self.url}{path}", method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                headers = {k.lower(): v for k, v in response.headers.items()}
+                return response.status, headers, response.read()
+        except urllib.error.HTTPError as error:
+            headers = {k.lower(): v for k, v in error.headers.items()}
+            return error.code, headers, error.read()
+
+    def json(self, method: str, path: str) -> Any:
+        status, _, body = self.request(method, path)
+        assert status == 200, body
+        return json.loads(body)
+
+
+@pytest.fixture
+def upstream(tmp_path: Path) -> Iterator[DistributionRegistry]:
+    """A fresh docker-registry; its access log is ``log_text()``."""
+    with DistributionRegistry(root=tmp_path / "upstream") as registry:
+        yield registry
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator[Any]:
+    """Start example servers: ``make_server(upstream_urls, tag_ttl=...)``."""
+    servers: list[ExampleServer] = []
+
+    def make(upstreams: Sequence[str], *, tag_ttl: float = 300.0) -> ExampleServer:
+        server = ExampleServer(tmp_path / f"store{len(servers)}", upstreams, tag_ttl=tag_ttl)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def skopeo(tmp_path: Path) -> Callable[..., str]:
+    """``skopeo(*args)`` runs ``skopeo --insecure-policy ARGS`` with a private
+    auth file and returns its stdout; a failure is an ``AssertionError`` with
+    skopeo's output."""
+    tool = shutil.which("skopeo")
+    assert tool is not None
+    env = {**os.environ, "REGISTRY_AUTH_FILE": str(tmp_path / "skopeo-auth.json")}
+
+    def run(*args: str) -> str:
+        done = subprocess.run(
+            [tool, "--insecure-policy", *args],
+            capture_output=True,
+            text=True,
+            timeout=SKOPEO_TIMEOUT,
+            env=env,
+        )
+        assert done.returncode == 0, f"skopeo {' '.join(args)} failed:\n{done.stderr}{done.stdout}"
+        return done.stdout
+
+    return run

@@ -418,12 +418,19 @@ async def test_blob_offset_reads_from_cache_and_from_flight() -> None:
     upstream.faults.gate = anyio.Event()
     counted = CountingConnector(upstream)
     async with make_resolver(counted) as r:
-        first = await r.open_blob("app", digest)
-        middle = await r.open_blob("app", digest, offset=1000)
-        assert middle.size == len(data) and middle.offset == 1000
-        upstream.faults.gate.set()
-        assert await read_all(middle) == data[1000:]
-        assert await read_all(first) == data
+        got: dict[str, bytes] = {}
+
+        async def read_from(name: str, offset: int) -> None:
+            stream = await r.open_blob("app", digest, offset=offset)
+            assert stream.size == len(data) and stream.offset == offset
+            got[name] = await read_all(stream)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read_from, "first", 0)
+            tg.start_soon(read_from, "middle", 1000)
+            await anyio.sleep(0.01)
+            upstream.faults.gate.set()
+        assert got == {"first": data, "middle": data[1000:]}
         end = await r.open_blob("app", digest, offset=len(data))
         assert await read_all(end) == b""
         with pytest.raises(RangeInvalid):
@@ -495,7 +502,7 @@ async def test_late_joiner_replays_then_follows_live() -> None:
 
 
 async def test_corrupt_upstream_errors_to_client_and_caches_nothing() -> None:
-    data = random_blob(256 * 1024, 5)
+    data = random_blob(3 * 1024 * 1024, 5)
     bad = FakeUpstream("bad")
     digest = bad.add_blob("app", data)
     bad.faults.corrupt_blobs = True
@@ -510,23 +517,22 @@ async def test_corrupt_upstream_errors_to_client_and_caches_nothing() -> None:
         assert len(received) < len(data)
         assert await r.blobs.stat(digest) is None
         assert r.stats.verification_failures == 1
+        # Not remembered as a miss: a failure, reported as one.
         with pytest.raises(UpstreamError) as info:
             await r.open_blob("app", digest)
         assert not isinstance(info.value, BlobUnknown)
 
 
-async def test_corrupt_source_skipped_for_next_one() -> None:
-    data = random_blob(100_000, 6)
-    bad, good = FakeUpstream("bad"), FakeUpstream("good")
+async def test_small_corrupt_blob_never_reaches_a_reader() -> None:
+    data = random_blob(256 * 1024, 5)
+    bad = FakeUpstream("bad")
     digest = bad.add_blob("app", data)
-    good.add_blob("app", data)
     bad.faults.corrupt_blobs = True
-    async with make_resolver(bad, good) as r:
-        with pytest.raises(DigestMismatch):
-            await read_all(await r.open_blob("app", digest))
-        stream = await r.open_blob("app", digest)
-        assert stream.source == "good"
-        assert await read_all(stream) == data
+    async with make_resolver(bad) as r:
+        with pytest.raises(DigestMismatch) as info:
+            await r.open_blob("app", digest)
+        assert isinstance(info.value, UpstreamError) and info.value.connector == "bad"
+        assert await r.blobs.stat(digest) is None
 
 
 async def test_broken_transfer_resumes_from_where_it_stopped() -> None:
@@ -952,3 +958,45 @@ async def test_blob_committed_meanwhile_is_served_locally_without_upstream() -> 
         assert stream.source == "local"
         assert await read_all(stream) == b"content"
         assert counted.total == 0
+
+
+async def test_expired_tag_with_no_connector_left_is_served_stale_not_deleted() -> None:
+    image = random_image(seed=40)
+    upstream = FakeUpstream("up")
+    upstream.add("app", image, tag="v1")
+    clock = Clock()
+    async with make_resolver(upstream, clock=clock, policy=CachingPolicy(tag_ttl=60)) as r:
+        await r.get_manifest("app", "v1")
+        r.connectors.clear()
+        clock.advance(3600)
+        assert (await r.get_manifest("app", "v1")).digest == image.manifest.digest
+        assert r.stats.stale_serves == 1
+        assert await r.manifests.get_tag("app", "v1") is not None
+
+
+async def test_wrong_bytes_from_first_source_replaced_unseen_when_small() -> None:
+    data = random_blob(200_000, 41)
+    bad, good = FakeUpstream("bad"), FakeUpstream("good")
+    digest = bad.add_blob("app", data)
+    good.add_blob("app", data)
+    bad.faults.corrupt_blobs = True
+    async with make_resolver(bad, good) as r:
+        stream = await r.open_blob("app", digest)
+        assert stream.source == "good"
+        assert await read_all(stream) == data
+        assert r.stats.verification_failures == 1
+        assert await r.blobs.stat(digest) is not None
+
+
+async def test_wrong_bytes_after_readers_started_fail_the_readers() -> None:
+    data = random_blob(3 * 1024 * 1024, 42)
+    bad, good = FakeUpstream("bad"), FakeUpstream("good")
+    digest = bad.add_blob("app", data)
+    good.add_blob("app", data)
+    bad.faults.corrupt_blobs = True  # the first byte is wrong: readers already hold it
+    async with make_resolver(bad, good) as r:
+        with pytest.raises(DigestMismatch):
+            await read_all(await r.open_blob("app", digest))
+        assert await r.blobs.stat(digest) is None
+        stream = await r.open_blob("app", digest)
+        assert stream.source == "good" and await read_all(stream) == data

@@ -39,6 +39,10 @@ TAIL_SIZE = 8 * 1024 * 1024
 #: Readers replaying from the spool read this much at a time: small enough
 #: that a hundred lagging readers stay cheap, large enough for few thread hops.
 REPLAY_CHUNK = 256 * 1024
+#: Readers are let in once this much has arrived (or the blob is verified):
+#: until then a source that sends wrong bytes can be replaced unseen, and a
+#: small blob reaches its readers only verified.
+HOLD_FIRST = 1024 * 1024
 
 
 async def coalesce(
@@ -93,18 +97,28 @@ class BlobFlight(Work):
     # -- the driving side ---------------------------------------------------
 
     async def begin(self, size: int, source: str) -> None:
-        """A source answered with ``size`` bytes: readers may start."""
+        """A source answered with ``size`` bytes: start (or restart) receiving.
+
+        Readers are let in (``ready``) only once :data:`HOLD_FIRST` bytes have
+        arrived or the blob is verified, so a source that turns out to send
+        wrong bytes early can still be replaced by the next one unseen.
+        """
+        assert not self.ready.is_set(), "a flight cannot restart once readers are in"
         self.size = size
         self.source = source
-        self._spool = await anyio.to_thread.run_sync(self._make_spool)
-        self.ready.set()
+        self.received = 0
+        self._tail.clear()
+        self._tail_bytes = 0
+        if self._spool is None:
+            self._spool = await anyio.to_thread.run_sync(self._make_spool)
+
+    @property
+    def replaceable(self) -> bool:
+        """Whether no reader has been let in yet, so another source may take over."""
+        return not self.ready.is_set()
 
     def _make_spool(self) -> IO[bytes]:
         return tempfile.TemporaryFile(prefix="dockerconnect-flight-", dir=self._spool_dir)
-
-    def restart(self) -> None:
-        """Forget received bytes (a new source starts over); only before any reader read."""
-        self.received = 0
 
     async def append(self, chunk: bytes) -> None:
         """Make ``chunk`` (the next bytes in order) available to readers."""
@@ -117,6 +131,8 @@ class BlobFlight(Work):
         while self._tail_bytes - len(self._tail[0][1]) >= TAIL_SIZE:
             self._tail_bytes -= len(self._tail.popleft()[1])
         self.received += len(chunk)
+        if self.received >= HOLD_FIRST:
+            self.ready.set()
         self._notify()
 
     def _from_tail(self, pos: int, limit: int) -> bytes | None:
@@ -136,6 +152,7 @@ class BlobFlight(Work):
     def mark_verified(self) -> None:
         """Every byte is in and matches the digest: release the last byte."""
         self.verified = True
+        self.ready.set()
         self._notify()
 
     def finish(self, error: BaseException | None = None) -> None:
@@ -143,8 +160,6 @@ class BlobFlight(Work):
         if error is not None and not self.verified:
             self.error = error
         self.done = True
-        self._tail.clear()
-        self._tail_bytes = 0
         self.ready.set()
         self.finished.set()
         self._notify()
@@ -155,20 +170,26 @@ class BlobFlight(Work):
         event.set()
 
     def _maybe_close(self) -> None:
-        if self.done and self._readers == 0 and self._spool is not None:
-            self._spool.close()
-            self._spool = None
+        if self.done and self._readers == 0:
+            self._tail.clear()
+            self._tail_bytes = 0
+            if self._spool is not None:
+                self._spool.close()
+                self._spool = None
 
     # -- the reading side ---------------------------------------------------
 
     def stream(self, offset: int, *, on_bytes: Callable[[int], None] | None = None) -> BlobStream:
-        """A reader from ``offset``; call after :attr:`ready` is set without error."""
+        """A reader from ``offset``, in the place taken by :meth:`reserve`.
+
+        Call once :attr:`ready` is set without error.
+        """
         assert self.size is not None
         if offset < 0 or offset > self.size:
+            self._release_reader()
             raise RangeInvalid(
                 f"offset {offset} is outside the blob's {self.size} bytes", digest=self.digest
             )
-        self._readers += 1
         return BlobStream(
             self.digest,
             self.size,
@@ -176,6 +197,16 @@ class BlobFlight(Work):
             offset=offset,
             source=self.source,
         )
+
+    def reserve(self) -> None:
+        """Take a reader's place before waiting for :attr:`ready`, so the bytes
+        stay readable however soon the flight ends; give it back with
+        :meth:`release` unless :meth:`stream` takes it over."""
+        self._readers += 1
+
+    def release(self) -> None:
+        """Give back a place taken by :meth:`reserve` that no stream took over."""
+        self._release_reader()
 
     def _release_reader(self) -> None:
         self._readers -= 1

@@ -61,6 +61,7 @@ from dockerconnect.errors import (
     NotFound,
     PaginationInvalid,
     ResolverClosed,
+    UpstreamDigestMismatch,
     UpstreamError,
 )
 
@@ -573,7 +574,10 @@ class Resolver:
             return manifest, connector.name
 
         real_failures = {k: v for k, v in failures.items() if not isinstance(v, ConnectorCycle)}
-        if real_failures:
+        if real_failures or not order:
+            # Nobody could confirm or deny the tag (every upstream failed, or no
+            # connector serves the repository any more): it is not "gone", it
+            # is unconfirmed, and stale_if_error says how long that is fine.
             policy = self.policy_for(record.source)
             decision = policy.stale_decision(record, self.clock())
             if decision is StaleDecision.SERVE_STALE:
@@ -586,6 +590,11 @@ class Resolver:
                 pass
             else:  # pragma: no cover - exhaustive
                 raise AssertionError(decision)
+            if not real_failures:
+                raise ManifestUnknown(
+                    f"tag {repository}:{tag} expired and no connector can confirm it",
+                    repository=repository,
+                )
             raise self._give_up(
                 ManifestUnknown, f"tag {repository}:{tag}", failures, repository=repository
             )
@@ -668,22 +677,29 @@ class Resolver:
             self.stats.joined_waiters += 1
         else:
             flight = self._start_flight(repository, digest)
-        with waiting_for(flight):
-            await flight.ready.wait()
-        if flight.size is None:
-            assert flight.error is not None
-            raise copy_error(flight.error)
-        if flight.cached and flight.done and flight.error is None:
-            local = await self.blobs.open(digest, offset=offset)
-            if local is not None:
-                self.stats.hits[self.name] += 1
-                return BlobStream(
-                    digest,
-                    local.size,
-                    _counted(local, self._served),
-                    offset=offset,
-                    source=self.name,
-                )
+        flight.reserve()
+        try:
+            with waiting_for(flight):
+                await flight.ready.wait()
+            if flight.error is not None or flight.size is None:
+                assert flight.error is not None
+                raise copy_error(flight.error)
+            if flight.cached and flight.done:
+                # Fetched (or found) and committed before this reader was let
+                # in: read the store, but say where the bytes came from.
+                local = await self.blobs.open(digest, offset=offset)
+                if local is not None:
+                    flight.release()
+                    return BlobStream(
+                        digest,
+                        local.size,
+                        _counted(local, self._served),
+                        offset=offset,
+                        source=flight.source,
+                    )
+        except BaseException:
+            flight.release()
+            raise
         return flight.stream(offset, on_bytes=self._served)
 
     def _start_flight(self, repository: str, digest: Digest, *, pin: bool = False) -> BlobFlight:
@@ -726,7 +742,13 @@ class Resolver:
                     self._remember_miss(connector, "blob", repository, str(digest))
                     continue
                 self.stats.hits[connector.name] += 1
-                await self._transfer(repository, flight, connector, stream, pin)
+                try:
+                    await self._transfer(repository, flight, connector, stream, pin)
+                except UpstreamDigestMismatch as exc:
+                    if not flight.replaceable:
+                        raise  # readers hold bytes from this source: it cannot be undone
+                    failures[connector.name] = exc
+                    continue  # nobody saw a byte: the next source takes over
                 return
             error = self._give_up(
                 BlobUnknown, f"blob {digest}", failures, repository=repository, digest=digest
@@ -799,7 +821,7 @@ class Resolver:
             self.stats.upstream_errors[connector.name] += 1
             self._suspect[(connector.name, digest)] = self.clock() + max(policy.negative_ttl, 1.0)
             log.warning("connector %r sent wrong bytes for %s: %s", connector.name, digest, exc)
-            raise _UpstreamDigestMismatch(
+            raise UpstreamDigestMismatch(
                 f"connector {connector.name!r} sent bytes that do not match {digest}",
                 connector=connector.name,
                 digest=digest,
@@ -1152,14 +1174,6 @@ class Resolver:
             await flight.finished.wait()
             if flight.error is not None:
                 log.warning("eager caching of %s failed: %s", digest, flight.error)
-
-
-class _UpstreamDigestMismatch(UpstreamError, DigestMismatch):
-    """A connector sent bytes that do not match the digest: both an upstream
-    failure and a digest mismatch."""
-
-    code = "DIGEST_INVALID"
-    status = 502
 
 
 async def _counted(stream: BlobStream, count: Callable[[int], None]) -> AsyncIterator[bytes]:

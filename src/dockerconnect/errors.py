@@ -29,6 +29,8 @@ response without a table of its own::
         ├── Unauthorized                  UNAUTHORIZED            401
         ├── Denied                        DENIED                  403
         ├── TooManyRequests               TOOMANYREQUESTS         429
+        ├── UpstreamDigestMismatch        DIGEST_INVALID          502
+        │   (also a DigestMismatch: a connector sent wrong bytes)
         └── ConnectorCycle                UNKNOWN                 508
 
 Errors carry ``repository``, ``digest`` and ``connector`` where they apply,
@@ -70,6 +72,7 @@ __all__ = [
     "TooManyRequests",
     "Unauthorized",
     "Unsupported",
+    "UpstreamDigestMismatch",
     "UpstreamError",
 ]
 
@@ -311,3 +314,15 @@ class ConnectorCycle(UpstreamError):
 
     status = 508
     retryable = False
+
+
+class UpstreamDigestMismatch(UpstreamError, DigestMismatch):
+    """A connector sent bytes that do not match their digest.
+
+    Both an upstream failure (the source is faulty; another may be fine, and
+    it is never remembered as a miss) and a digest mismatch.
+    """
+
+    code = "DIGEST_INVALID"
+    status = 502
+    retryable = True

@@ -305,12 +305,10 @@ class QuietProxy(DistributionRegistry):
 
 
 def registry_pid(registry: DistributionRegistry) -> int:
-    # DistributionRegistry does not expose its process; the benchmark needs
-    # the pid to read /proc.
-    process = registry._process
-    if process is None:
+    pid = registry.pid
+    if pid is None:
         raise RuntimeError(f"{registry!r} is not running")
-    return process.pid
+    return pid
 
 
 def _free_port() -> int:

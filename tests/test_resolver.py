@@ -1000,3 +1000,55 @@ async def test_wrong_bytes_after_readers_started_fail_the_readers() -> None:
         assert await r.blobs.stat(digest) is None
         stream = await r.open_blob("app", digest)
         assert stream.source == "good" and await read_all(stream) == data
+
+
+def _stores(kind: str, tmp_path: Path) -> dict[str, object]:
+    if kind == "memory":
+        return {"manifests": MemoryManifestStore(), "blobs": MemoryBlobStore()}
+    return {
+        "manifests": FilesystemManifestStore(tmp_path / "m"),
+        "blobs": FilesystemBlobStore(tmp_path / "b"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["memory", "filesystem"])
+async def test_reader_far_behind_replays_from_the_cache_writer(kind: str, tmp_path: Path) -> None:
+    data = random_blob(24 * 1024 * 1024, 43)
+    upstream = FakeUpstream("up", chunk_size=1024 * 1024)
+    digest = upstream.add_blob("app", data)
+    counted = CountingConnector(upstream)
+    async with Resolver(
+        "local", connectors=[counted], spool_dir=str(tmp_path), **_stores(kind, tmp_path)
+    ) as r:  # type: ignore[arg-type]
+        first = await r.open_blob("app", digest)
+        got = bytearray()
+        late: bytes | None = None
+        async with first:
+            async for chunk in first:
+                got += chunk
+                if late is None and len(got) >= 16 * 1024 * 1024:
+                    # Far past the in-memory tail: the joiner replays written bytes.
+                    late = await read_all(await r.open_blob("app", digest))
+        assert bytes(got) == data and late == data
+        assert counted.calls == {"open_blob": 1}
+        assert r.stats.joined_waiters == 1
+
+
+@pytest.mark.parametrize("kind", ["memory", "filesystem"])
+async def test_reader_still_replaying_after_commit_continues_from_the_store(
+    kind: str, tmp_path: Path
+) -> None:
+    data = random_blob(20 * 1024 * 1024, 44)
+    upstream = FakeUpstream("up", chunk_size=1024 * 1024)
+    digest = upstream.add_blob("app", data)
+    async with Resolver("local", connectors=[upstream], **_stores(kind, tmp_path)) as r:  # type: ignore[arg-type]
+        slow = await r.open_blob("app", digest)
+        got = bytearray()
+        async with slow:
+            async for chunk in slow:
+                got += chunk
+                if len(got) <= len(chunk):
+                    await r.wait_idle()  # the fetch ends and commits meanwhile
+                    assert await r.blobs.stat(digest) is not None
+        assert bytes(got) == data
+        assert slow.source == "up"

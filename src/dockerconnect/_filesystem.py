@@ -53,6 +53,7 @@ import io
 import json
 import os
 import secrets
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -69,6 +70,7 @@ from dockerconnect._protocols import BLOB_MEDIA_TYPE, BlobWriter, TagRecord
 from dockerconnect._reference import validate_repository, validate_tag
 from dockerconnect._stream import CHUNK_SIZE, BlobStream
 from dockerconnect.errors import (
+    BlobUploadInvalid,
     InvalidInput,
     NameInvalid,
     StorageError,
@@ -134,7 +136,7 @@ class _Root:
         """A new, locked, empty temporary file: ``(fd, path)``."""
         while True:
             path = os.path.join(self.tmp, secrets.token_hex(16) + TMP_SUFFIX)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY
+            flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_BINARY
             try:
                 fd = os.open(path, flags, 0o644)
             except FileNotFoundError:
@@ -278,7 +280,17 @@ class _FileWriter:
     fails on the write that overflows.
     """
 
-    __slots__ = ("_buffer", "_fd", "_final", "_root", "_state", "_temp", "_verifier")
+    __slots__ = (
+        "_buffer",
+        "_fd",
+        "_final",
+        "_lock",
+        "_on_disk",
+        "_root",
+        "_state",
+        "_temp",
+        "_verifier",
+    )
 
     def __init__(self, root: _Root, verifier: DigestVerifier, final: str) -> None:
         self._root = root
@@ -289,6 +301,10 @@ class _FileWriter:
         self._temp = ""
         self._buffer = bytearray()
         self._state = "open"
+        # Guards the file descriptor between the writing thread, readers of
+        # ``read_back`` and the thread that publishes or discards the file.
+        self._lock = threading.Lock()
+        self._on_disk = 0
 
     @property
     def written(self) -> int:
@@ -351,18 +367,44 @@ class _FileWriter:
 
     def _append(self, data: bytes) -> None:
         """Write ``data`` to the temporary file, creating it first if needed."""
-        if self._fd is None:
-            self._fd, self._temp = self._root.create_temp()
-        _write_all(self._fd, data)
+        with self._lock:
+            if self._fd is None:
+                self._fd, self._temp = self._root.create_temp()
+            _write_all(self._fd, data)
+            self._on_disk += len(data)
+
+    async def read_back(self, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes at ``offset`` of what is already in the file.
+
+        Bytes still in the coalescing buffer are not returned (the answer may
+        be short or empty); after a commit or a failure this raises
+        ``BlobUploadInvalid``: read the published blob instead.
+        """
+        return await anyio.to_thread.run_sync(self._pread, offset, size)
+
+    def _pread(self, offset: int, size: int) -> bytes:
+        with self._lock:
+            if self._state != "open":
+                raise BlobUploadInvalid(
+                    "the writer is closed: read the blob from the store",
+                    digest=self._verifier.digest,
+                )
+            size = min(size, self._on_disk - offset)
+            if self._fd is None or size <= 0:
+                return b""
+            return os.pread(self._fd, size, offset)
 
     def _publish(self, rest: bytes) -> None:
+        with self._lock:
+            self._state = "publishing"
         if self._fd is None and os.path.exists(self._final):
             # Small and already stored: no file needs writing at all.
             return
         self._append(rest)
-        fd, self._fd = self._fd, None
-        assert fd is not None
-        self._root.publish(fd, self._temp, self._final, replace=False)
+        with self._lock:
+            fd, self._fd = self._fd, None
+            assert fd is not None
+            self._root.publish(fd, self._temp, self._final, replace=False)
 
     async def _fail(self) -> None:
         self._state = "failed"
@@ -376,12 +418,17 @@ class _FileWriter:
 
     async def _release(self) -> None:
         self._buffer = bytearray()
-        fd, self._fd = self._fd, None
-        if fd is None:
+        if self._fd is None:
             return
         # Shielded: a cancelled ingest must still remove its temporary file.
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(_discard, fd, self._temp)
+            await anyio.to_thread.run_sync(self._discard_locked)
+
+    def _discard_locked(self) -> None:
+        with self._lock:
+            fd, self._fd = self._fd, None
+            if fd is not None:
+                _discard(fd, self._temp)
 
 
 class _FileChunks:

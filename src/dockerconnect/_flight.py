@@ -18,7 +18,7 @@ import copy
 import os
 import tempfile
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import IO
 
 import anyio
@@ -27,9 +27,14 @@ import anyio.to_thread
 from dockerconnect._chain import Work
 from dockerconnect._digest import Digest
 from dockerconnect._stream import BlobStream
-from dockerconnect.errors import RangeInvalid, ResolverClosed
+from dockerconnect.errors import DockerConnectError, RangeInvalid, ResolverClosed
 
-__all__ = ["BlobFlight", "coalesce", "copy_error"]
+__all__ = ["BlobFlight", "ReadBack", "Reopen", "coalesce", "copy_error"]
+
+#: Reads ``size`` bytes at an offset back from a cache writer.
+ReadBack = Callable[[int, int], Awaitable[bytes]]
+#: Opens the committed blob from an offset.
+Reopen = Callable[[int], Awaitable["BlobStream | None"]]
 
 #: Small network reads are joined to at least this many bytes before a thread
 #: hop (hashing, writing): per-hop overhead dwarfs tiny chunks.
@@ -90,13 +95,17 @@ class BlobFlight(Work):
         self._progress = anyio.Event()
         self._spool_dir = spool_dir
         self._spool: IO[bytes] | None = None
+        self._read_back: ReadBack | None = None
+        #: Opens the committed blob from an offset (set by the resolver), for
+        #: readers still replaying when the cache writer closes.
+        self.reopen: Reopen | None = None
         self._tail: deque[tuple[int, bytes]] = deque()
         self._tail_bytes = 0
         self._readers = 0
 
     # -- the driving side ---------------------------------------------------
 
-    async def begin(self, size: int, source: str) -> None:
+    async def begin(self, size: int, source: str, *, read_back: ReadBack | None = None) -> None:
         """A source answered with ``size`` bytes: start (or restart) receiving.
 
         Readers are let in (``ready``) only once :data:`HOLD_FIRST` bytes have
@@ -109,7 +118,11 @@ class BlobFlight(Work):
         self.received = 0
         self._tail.clear()
         self._tail_bytes = 0
-        if self._spool is None:
+        # A cache writer that can read back what it wrote is the replay buffer
+        # for readers that fall behind the in-memory tail; otherwise the
+        # bytes are spooled to an anonymous file of the flight's own.
+        self._read_back = read_back
+        if read_back is None and self._spool is None:
             self._spool = await anyio.to_thread.run_sync(self._make_spool)
 
     @property
@@ -122,10 +135,10 @@ class BlobFlight(Work):
 
     async def append(self, chunk: bytes) -> None:
         """Make ``chunk`` (the next bytes in order) available to readers."""
-        assert self._spool is not None
-        fd = self._spool.fileno()
         offset = self.received
-        await anyio.to_thread.run_sync(_pwrite_all, fd, chunk, offset)
+        if self._read_back is None:
+            assert self._spool is not None
+            await anyio.to_thread.run_sync(_pwrite_all, self._spool.fileno(), chunk, offset)
         self._tail.append((offset, chunk))
         self._tail_bytes += len(chunk)
         while self._tail_bytes - len(self._tail[0][1]) >= TAIL_SIZE:
@@ -224,7 +237,19 @@ class BlobFlight(Work):
             limit = self.received if self.verified else min(self.received, size - 1)
             if pos < limit:
                 data = self._from_tail(pos, limit)
-                if data is None:
+                if data is None and self._read_back is not None:
+                    try:
+                        data = await self._read_back(pos, min(limit - pos, REPLAY_CHUNK))
+                    except DockerConnectError:
+                        # The cache writer was committed (or failed) meanwhile:
+                        # the rest comes from the store, or the error is raised.
+                        async for chunk in self._from_store(pos, on_bytes):
+                            yield chunk
+                        return
+                    if not data:  # still in the writer's buffer: wait for more
+                        await self._progress.wait()
+                        continue
+                elif data is None:
                     spool = self._spool
                     assert spool is not None
                     n = min(limit - pos, REPLAY_CHUNK)
@@ -243,6 +268,21 @@ class BlobFlight(Work):
                     self.error or ResolverClosed("blob fetch stopped", digest=self.digest)
                 )
             await self._progress.wait()
+
+    async def _from_store(
+        self, pos: int, on_bytes: Callable[[int], None] | None
+    ) -> AsyncGenerator[bytes, None]:
+        await self.finished.wait()
+        if self.error is not None:
+            raise copy_error(self.error)
+        stream = await self.reopen(pos) if self.reopen is not None and self.cached else None
+        if stream is None:
+            raise ResolverClosed("the cached blob is gone", digest=self.digest)
+        async with stream:
+            async for chunk in stream:
+                if on_bytes is not None:
+                    on_bytes(len(chunk))
+                yield chunk
 
 
 class _Reader:

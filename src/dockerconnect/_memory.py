@@ -106,6 +106,25 @@ class _MemoryWriter:
         self._chunks.append(bytes(data))
         await anyio.lowlevel.checkpoint()
 
+    async def read_back(self, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes at ``offset`` of what was written so far.
+
+        Raises ``BlobUploadInvalid`` once the writer is committed or failed.
+        """
+        await anyio.lowlevel.checkpoint()
+        if self._state != "open":
+            raise BlobUploadInvalid(
+                "the writer is closed: read the blob from the store",
+                digest=self._verifier.digest,
+            )
+        start = 0
+        for chunk in self._chunks:
+            end = start + len(chunk)
+            if start <= offset < end:
+                return chunk[offset - start : min(end, offset + size) - start]
+            start = end
+        return b""
+
     async def commit(self) -> Descriptor:
         check_writable(self._state, self._verifier.digest)
         try:

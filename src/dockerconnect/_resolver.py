@@ -11,6 +11,7 @@ reader's pause or departure delays the others or the caching.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import (
@@ -73,6 +74,8 @@ T = TypeVar("T")
 
 #: How many times a broken upstream transfer is resumed before giving up.
 MAX_RESUMES = 5
+#: Chunks received ahead of the one being stored (each up to about 1 MiB).
+READ_AHEAD = 4
 #: Blobs fetched at once by eager caching, per resolver.
 EAGER_CONCURRENCY = 4
 #: Remembered misses, per resolver (least recently used are forgotten first).
@@ -775,15 +778,17 @@ class Resolver:
         size = stream.size
         policy = self.policy_for(connector.name)
         cache = pin or policy.caches_blob(size)
-        await flight.begin(size, connector.name)
         try:
             async with AsyncExitStack() as stack:
                 writer = None
                 verifier = None
                 if cache:
                     writer = await stack.enter_async_context(self.blobs.ingest(digest, size))
+                    flight.reopen = functools.partial(self._reopen, digest)
                 else:
                     verifier = DigestVerifier(digest, size)
+                read_back = getattr(writer, "read_back", None)
+                await flight.begin(size, connector.name, read_back=read_back)
                 sink = writer.write if writer is not None else verifier.aupdate  # type: ignore[union-attr]
                 resumes = 0
                 while True:
@@ -831,6 +836,9 @@ class Resolver:
             self.stats.upstream_errors[connector.name] += 1
             raise
 
+    async def _reopen(self, digest: Digest, offset: int) -> BlobStream | None:
+        return await self.blobs.open(digest, offset=offset)
+
     async def _pump(
         self,
         flight: BlobFlight,
@@ -838,8 +846,24 @@ class Resolver:
         stream: BlobStream,
         sink: Callable[[bytes], Coroutine[Any, Any, None]],
     ) -> None:
-        """Move one upstream stream into ``sink`` and the flight; raise if it ends short."""
+        """Move one upstream stream into ``sink`` and the flight; raise if it ends short.
+
+        Receiving runs ahead of storing by up to :data:`READ_AHEAD` chunks, so
+        the network, the hashing and the disk work overlap instead of taking
+        turns.
+        """
         size = stream.size
+        failures: list[BaseException] = []
+        send, receive = anyio.create_memory_object_stream[bytes](READ_AHEAD)
+
+        async def read_ahead() -> None:
+            try:
+                async with send, aclosing(coalesce(stream)) as chunks:
+                    async for chunk in chunks:
+                        await send.send(chunk)
+            except Exception as exc:  # raised below, after what arrived is stored
+                failures.append(exc)
+
         async with stream:
             if stream.offset != flight.received:
                 raise UpstreamError(
@@ -848,19 +872,24 @@ class Resolver:
                     connector=connector.name,
                     digest=flight.digest,
                 )
-            async with aclosing(coalesce(stream)) as chunks:
-                async for chunk in chunks:
-                    if flight.received + len(chunk) > size:
-                        raise DigestMismatch(
-                            f"connector {connector.name!r} sent more than {size} bytes",
-                            connector=connector.name,
-                            digest=flight.digest,
-                        )
-                    # Cache and spool in parallel: two worker threads, two cores.
-                    async with anyio.create_task_group() as tg:
-                        tg.start_soon(sink, chunk)
-                        await flight.append(chunk)
-                    self.stats.bytes_from_upstream[connector.name] += len(chunk)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read_ahead)
+                try:
+                    async with receive:
+                        async for chunk in receive:
+                            if flight.received + len(chunk) > size:
+                                raise DigestMismatch(
+                                    f"connector {connector.name!r} sent more than {size} bytes",
+                                    connector=connector.name,
+                                    digest=flight.digest,
+                                )
+                            await _store_chunk(flight, sink, chunk)
+                            self.stats.bytes_from_upstream[connector.name] += len(chunk)
+                except Exception as exc:
+                    failures.insert(0, exc)  # the storing side's error explains the rest
+                    tg.cancel_scope.cancel()
+        if failures:
+            raise failures[0]
         if flight.received < size:
             raise UpstreamError(
                 f"connector {connector.name!r} ended the blob after "
@@ -1174,6 +1203,32 @@ class Resolver:
             await flight.finished.wait()
             if flight.error is not None:
                 log.warning("eager caching of %s failed: %s", digest, flight.error)
+
+
+async def _store_chunk(
+    flight: BlobFlight, sink: Callable[[bytes], Coroutine[Any, Any, None]], chunk: bytes
+) -> None:
+    """Cache and spool one chunk in parallel (two worker threads, two cores).
+
+    Errors are collected rather than left to the task group, which would wrap
+    them in an exception group; the first is raised as it is.
+    """
+    errors: list[Exception] = []
+
+    async def cache() -> None:
+        try:
+            await sink(chunk)
+        except Exception as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(cache)
+        try:
+            await flight.append(chunk)
+        except Exception as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]
 
 
 async def _counted(stream: BlobStream, count: Callable[[int], None]) -> AsyncIterator[bytes]:

@@ -135,6 +135,11 @@ class DistributionRegistry:
         return os.access(path, os.X_OK) or shutil.which(path) is not None
 
     @property
+    def pid(self) -> int | None:
+        """The registry process's id while it runs (for resource measurements)."""
+        return self._process.pid if self._process is not None else None
+
+    @property
     def port(self) -> int:
         if self._port is None:
             raise RuntimeError("the registry is not running")

@@ -109,12 +109,20 @@ class RandomIndex:
 def random_blob(size: int, rng: random.Random | int | None = None) -> bytes:
     """``size`` random bytes (deterministic for a given seed)."""
     r = rng if isinstance(rng, random.Random) else random.Random(rng)
-    return r.randbytes(size)
+    return _randbytes(r, size)
+
+
+def _randbytes(rng: random.Random, size: int) -> bytes:
+    # Random.randbytes takes the bit count as a C int: draw large sizes in pieces.
+    piece = 64 * 1024 * 1024
+    if size <= piece:
+        return rng.randbytes(size)
+    return b"".join(rng.randbytes(min(piece, size - i)) for i in range(0, size, piece))
 
 
 def _layer(size: int, rng: random.Random, fmt: LayerFormat, index: int) -> tuple[bytes, str]:
     """The layer bytes and its diff_id (digest of the uncompressed tar)."""
-    payload = rng.randbytes(size)
+    payload = _randbytes(rng, size)
     if fmt == "raw":
         return payload, str(Digest.from_bytes(payload))
     buf = io.BytesIO()

@@ -1081,7 +1081,10 @@ def build_resolver(
         name,
         manifests=FilesystemManifestStore(store),
         blobs=FilesystemBlobStore(store, name=name),
-        connectors=[HttpConnector(url) for url in upstreams],
+        # The Resolver verifies every blob before its last byte reaches a
+        # client (the store's writer checks it on commit), so the connectors
+        # need not hash blobs a second time.
+        connectors=[HttpConnector(url, verify_blobs=False) for url in upstreams],
         policy=CachingPolicy(cache_manifests=True, cache_blobs=True, eager=eager, tag_ttl=tag_ttl),
         spool_dir=str(spool),
     )

@@ -301,8 +301,8 @@ class _FileWriter:
         self._temp = ""
         self._buffer = bytearray()
         self._state = "open"
-        # Guards the file descriptor between the writing thread, readers of
-        # ``read_back`` and the thread that publishes or discards the file.
+        # Keeps the file descriptor open while ``read_back`` uses it: the
+        # threads that publish or discard the file take it to close it.
         self._lock = threading.Lock()
         self._on_disk = 0
 
@@ -367,11 +367,13 @@ class _FileWriter:
 
     def _append(self, data: bytes) -> None:
         """Write ``data`` to the temporary file, creating it first if needed."""
-        with self._lock:
-            if self._fd is None:
+        if self._fd is None:
+            with self._lock:
                 self._fd, self._temp = self._root.create_temp()
-            _write_all(self._fd, data)
-            self._on_disk += len(data)
+        # Not under the lock: writes and read-backs touch different offsets,
+        # and the file is only closed after the last write (commit or failure).
+        _write_all(self._fd, data)
+        self._on_disk += len(data)
 
     async def read_back(self, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes at ``offset`` of what is already in the file.

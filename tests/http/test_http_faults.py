@@ -10,6 +10,7 @@ import httpx
 import pytest
 from _http_fakes import REGISTRY, Chunks, Upstream, oci_error
 
+from dockerconnect import Digest, MemoryBlobStore, MemoryManifestStore, Resolver
 from dockerconnect._manifest import MANIFEST_MEDIA_TYPES, MAX_MANIFEST_SIZE
 from dockerconnect.errors import (
     DigestMismatch,
@@ -326,6 +327,32 @@ async def test_wrong_bytes_never_complete(make: Callable[..., HttpConnector]) ->
     assert caught.value.connector == "up"
     # The last chunk is held back until verified: a reader never sees "all bytes".
     assert received < len(data)
+
+
+async def test_unverified_blobs_under_a_resolver_still_never_cache_wrong_bytes(
+    make: Callable[..., HttpConnector],
+) -> None:
+    up = Upstream()
+    img = image()
+    digest, data = layer(img)
+    bad = bytearray(data)
+    bad[-1] ^= 0xFF
+    up.hooks.append(lambda r: httpx.Response(200, content=bytes(bad)))
+    connector = make(up, name="up", verify_blobs=False)
+    # Alone, an unverified stream checks only the length.
+    stream = await connector.open_blob(REPO, digest)
+    assert stream is not None
+    assert await stream.read() == bytes(bad)
+    # Under a Resolver, its cache writer verifies: the wrong bytes are refused.
+    async with Resolver(
+        "local",
+        manifests=MemoryManifestStore(),
+        blobs=MemoryBlobStore(),
+        connectors=[connector],
+    ) as resolver:
+        with pytest.raises(DigestMismatch):
+            await (await resolver.open_blob(REPO, digest)).read()
+        assert await resolver.blobs.stat(Digest.parse(digest)) is None
 
 
 async def test_html_page_instead_of_blob(make: Callable[..., HttpConnector]) -> None:

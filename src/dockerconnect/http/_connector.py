@@ -33,6 +33,7 @@ from dockerconnect.errors import (
     DigestInvalid,
     DigestMismatch,
     DockerConnectError,
+    InvalidInput,
     ManifestInvalid,
     RangeInvalid,
     SizeInvalid,
@@ -119,6 +120,12 @@ class HttpConnector:
     client, closed by :meth:`aclose` or ``async with``. ``clock`` (monotonic
     seconds) and ``sleep`` are injectable so token expiry and backoff can be
     tested without waiting.
+
+    ``verify_blobs=False`` makes blob streams check only their length, not
+    their digest: for a consumer that verifies every byte itself, as a
+    :class:`~dockerconnect.Resolver` does (its cache writer, or its own
+    verifier, checks each blob before the blob's last byte reaches a
+    reader), it saves hashing every blob twice. Manifests are always verified.
     """
 
     def __init__(
@@ -136,19 +143,20 @@ class HttpConnector:
         retry: Retry = DEFAULT_RETRY,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         max_resumes: int = 3,
+        verify_blobs: bool = True,
         verify: ssl.SSLContext | str | bool = True,
         user_agent: str = _USER_AGENT,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
         if client is not None and transport is not None:
-            raise ValueError("pass either client or transport, not both")
+            raise InvalidInput("pass either client or transport, not both")
         base = url.strip()
         if "://" not in base:
             base = "https://" + base
         parsed = httpx.URL(base)
         if parsed.scheme not in ("http", "https") or not parsed.host:
-            raise ValueError(f"not an http(s) registry URL: {url!r}")
+            raise InvalidInput(f"not an http(s) registry URL: {url!r}")
         creds = Credentials.coerce(credentials)
         if parsed.userinfo:
             if creds is None:
@@ -172,8 +180,10 @@ class HttpConnector:
         self.library = hub if library is None else library
         self.retry = retry
         if max_resumes < 0:
-            raise ValueError("max_resumes must not be negative")
+            raise InvalidInput("max_resumes must not be negative")
         self.max_resumes = max_resumes
+        #: Whether blob streams hash what they deliver (see the class docs).
+        self.verify_blobs = verify_blobs
         #: The rate limit the upstream last announced, or ``None`` if it never
         #: did (read it to export metrics or to back off early).
         self.rate_limit: RateLimit | None = None
@@ -1124,7 +1134,8 @@ class _BlobBody:
         size, position = self._size, self._offset
         # Only a download that starts at byte 0 can be hashed; with a server
         # that answers a ranged GET with the whole blob (200), it does.
-        verifier = DigestVerifier(self._digest, size) if self._start == 0 else None
+        verify = c.verify_blobs and self._start == 0
+        verifier = DigestVerifier(self._digest, size) if verify else None
         # Hashing is pipelined: chunk N is hashed in a worker thread while chunk
         # N+1 is received, instead of the loop waiting for each hash (which
         # costs a thread round trip per chunk and overlaps nothing). Only this

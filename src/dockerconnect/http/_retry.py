@@ -10,6 +10,8 @@ from collections.abc import Mapping
 
 import attrs
 
+from dockerconnect.errors import InvalidInput
+
 __all__ = ["RETRY_STATUSES", "RateLimit", "Retry", "parse_retry_after"]
 
 #: Statuses that say "try again later" rather than "no": rate limiting and
@@ -39,9 +41,9 @@ class Retry:
 
     def __attrs_post_init__(self) -> None:
         if self.attempts < 1:
-            raise ValueError("Retry.attempts must be at least 1")
+            raise InvalidInput("Retry.attempts must be at least 1")
         if min(self.backoff, self.max_backoff, self.deadline, self.max_retry_after) < 0:
-            raise ValueError("Retry times must not be negative")
+            raise InvalidInput("Retry times must not be negative")
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         """The backoff before try ``attempt + 1`` (``attempt`` counts from 1)."""

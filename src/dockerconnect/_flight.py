@@ -45,7 +45,7 @@ TAIL_SIZE = 8 * 1024 * 1024
 #: that a hundred lagging readers stay cheap, large enough for few thread hops.
 REPLAY_CHUNK = 256 * 1024
 #: Readers replaying from the cache writer read this much at a time.
-READ_BACK_CHUNK = 1024 * 1024
+READ_BACK_CHUNK = 256 * 1024
 #: Readers are let in once this much has arrived (or the blob is verified):
 #: until then a source that sends wrong bytes can be replaced unseen, and a
 #: small blob reaches its readers only verified.
@@ -164,6 +164,19 @@ class BlobFlight(Work):
                 return chunk[pos - start : min(end, limit) - start]
         return None
 
+    def _release_limit(self, size: int) -> int:
+        """How far readers may read now: the blob's last byte only once verified.
+
+        When every byte is in but not yet verified, the whole last chunk is
+        held back rather than all of it but one byte, so readers can later
+        share that chunk object instead of each holding a copy of its slice.
+        """
+        if self.verified:
+            return self.received
+        if self.received >= size and self._tail:
+            return min(self._tail[-1][0], size - 1)
+        return min(self.received, size - 1)
+
     def mark_verified(self) -> None:
         """Every byte is in and matches the digest: release the last byte."""
         self.verified = True
@@ -236,7 +249,7 @@ class BlobFlight(Work):
         while True:
             if self.error is not None:
                 raise copy_error(self.error)
-            limit = self.received if self.verified else min(self.received, size - 1)
+            limit = self._release_limit(size)
             if pos < limit:
                 data = self._from_tail(pos, limit)
                 if data is None and self._read_back is not None:

@@ -33,6 +33,7 @@ from dockerconnect.errors import (
     ResolverClosed,
     TagInvalid,
     TooManyRequests,
+    Unsupported,
     UpstreamError,
 )
 from dockerconnect.testing import (
@@ -1052,3 +1053,31 @@ async def test_reader_still_replaying_after_commit_continues_from_the_store(
                     assert await r.blobs.stat(digest) is not None
         assert bytes(got) == data
         assert slow.source == "up"
+
+
+async def test_resume_from_a_source_that_ignores_range_skips_what_arrived() -> None:
+    data = random_blob(3 * 1024 * 1024, 45)
+    upstream = FakeUpstream("up", chunk_size=64 * 1024)
+    digest = upstream.add_blob("app", data)
+    upstream.faults.truncate_after = 1_500_000
+    upstream.faults.truncations = 1
+    upstream.faults.ignore_range = True
+    counted = CountingConnector(upstream)
+    async with make_resolver(counted) as r:
+        assert await read_all(await r.open_blob("app", digest)) == data
+        assert counted.calls == {"open_blob": 2}
+        assert r.stats.resumes == 1
+        assert await r.blobs.stat(digest) is not None
+
+
+async def test_unverifiable_digest_algorithm_refused_before_io() -> None:
+    upstream = CountingConnector(FakeUpstream("up"))
+    odd = "multihash+base58:QmRZxt2b1FVZPNqd8hsiykDL3TdBDeTSPX9Kv46HmX4Gx8"
+    async with make_resolver(upstream) as r:
+        with pytest.raises(Unsupported):
+            await r.open_blob("app", odd)
+        with pytest.raises(Unsupported):
+            await r.get_manifest("app", odd)
+        with pytest.raises(Unsupported):
+            await r.stat_blob("app", odd)
+    assert upstream.total == 0

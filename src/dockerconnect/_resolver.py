@@ -99,7 +99,9 @@ def _parse_reference(reference: str) -> Digest | str:
     if not isinstance(reference, str):
         raise InvalidInput(f"reference must be a string, not {type(reference).__name__}")
     if ":" in reference:
-        return Digest.parse(reference)
+        digest = Digest.parse(reference)
+        digest.hasher()  # Unsupported now, before any I/O, if it cannot be verified
+        return digest
     return validate_tag(reference)
 
 
@@ -613,6 +615,7 @@ class Resolver:
         """The blob's descriptor; asks connectors (HEAD) when it is not held here."""
         validate_repository(repository)
         d = Digest.parse(digest)
+        d.hasher()  # Unsupported now, before any I/O, if it cannot be verified
         self._open()
         with entered(self):
             local = await self.blobs.stat(d)
@@ -650,6 +653,7 @@ class Resolver:
         """
         validate_repository(repository)
         d = Digest.parse(digest)
+        d.hasher()  # Unsupported now, before any I/O, if it cannot be verified
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
             raise InvalidInput(f"offset must be a non-negative integer, not {offset!r}")
         self._open()
@@ -865,10 +869,11 @@ class Resolver:
                 failures.append(exc)
 
         async with stream:
-            if stream.offset != flight.received:
+            skip = flight.received - stream.offset
+            if skip < 0 or stream.size != flight.size:
                 raise UpstreamError(
-                    f"connector {connector.name!r} resumed at {stream.offset},"
-                    f" not {flight.received}",
+                    f"connector {connector.name!r} resumed at {stream.offset} of"
+                    f" {stream.size} bytes, not at {flight.received} of {flight.size}",
                     connector=connector.name,
                     digest=flight.digest,
                 )
@@ -877,6 +882,13 @@ class Resolver:
                 try:
                     async with receive:
                         async for chunk in receive:
+                            if skip:
+                                # A resumed source that started before where we are
+                                # (a server ignoring Range): drop what we have.
+                                dropped = min(skip, len(chunk))
+                                chunk, skip = chunk[dropped:], skip - dropped
+                                if not chunk:
+                                    continue
                             if flight.received + len(chunk) > size:
                                 raise DigestMismatch(
                                     f"connector {connector.name!r} sent more than {size} bytes",

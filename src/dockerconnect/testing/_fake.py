@@ -42,6 +42,8 @@ class Faults:
     - ``corrupt_manifests``: manifests by digest come back with other bytes.
     - ``gate``: blob transfers wait for this event before their first byte
       (lets a test gather many readers onto one fetch).
+    - ``ignore_range``: blob transfers asked for an offset start at byte 0
+      anyway, as a server that ignores ``Range`` does.
     """
 
     fail: bool = False
@@ -52,6 +54,7 @@ class Faults:
     corrupt_blobs: bool = False
     corrupt_manifests: bool = False
     gate: anyio.Event | None = None
+    ignore_range: bool = False
 
 
 class FakeUpstream:
@@ -194,6 +197,8 @@ class FakeUpstream:
         data = self._blobs[digest]
         if self.faults.corrupt_blobs:
             data = bytes([data[0] ^ 0xFF]) + data[1:] if data else b"x"
+        if self.faults.ignore_range:
+            offset = 0
         breaks_at: int | None = None
         if self.faults.truncations > 0 and self.faults.truncate_after is not None:
             self.faults.truncations -= 1

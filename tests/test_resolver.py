@@ -518,10 +518,14 @@ async def test_corrupt_upstream_errors_to_client_and_caches_nothing() -> None:
         assert len(received) < len(data)
         assert await r.blobs.stat(digest) is None
         assert r.stats.verification_failures == 1
-        # Not remembered as a miss: a failure, reported as one.
+        # Not remembered as a miss: a failure, reported as one, and once the
+        # upstream recovers the next request is served and cached.
         with pytest.raises(UpstreamError) as info:
-            await r.open_blob("app", digest)
+            await read_all(await r.open_blob("app", digest))
         assert not isinstance(info.value, BlobUnknown)
+        bad.faults.corrupt_blobs = False
+        assert await read_all(await r.open_blob("app", digest)) == data
+        assert await r.blobs.stat(digest) is not None
 
 
 async def test_small_corrupt_blob_never_reaches_a_reader() -> None:

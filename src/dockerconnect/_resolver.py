@@ -728,16 +728,8 @@ class Resolver:
                 flight.cached = flight.verified = True
                 return
             failures: dict[str, BaseException] = {}
-            for connector in self._serving(repository):
+            for connector in self._blob_sources(repository, digest):
                 if self._negative_hit(connector, "blob", repository, str(digest)):
-                    continue
-                suspect = self._suspect.get((connector.name, digest))
-                if suspect is not None and self.clock() < suspect:
-                    failures[connector.name] = DigestMismatch(
-                        f"connector {connector.name!r} recently sent wrong bytes for {digest}",
-                        connector=connector.name,
-                        digest=digest,
-                    )
                     continue
                 self._count(connector, "open_blob")
                 try:
@@ -769,6 +761,22 @@ class Resolver:
             if self._flights.get(digest) is flight:
                 del self._flights[digest]
             flight.finish(error)
+
+    def _blob_sources(self, repository: str, digest: Digest) -> list[Connector]:
+        """The connectors to ask for a blob, in order.
+
+        A connector that recently sent wrong bytes for this digest is asked
+        last rather than not at all: the next source gets its chance first,
+        and a sole upstream that has recovered is still reached (bad bytes are
+        a failure, never remembered as a miss).
+        """
+        now = self.clock()
+        good: list[Connector] = []
+        doubtful: list[Connector] = []
+        for connector in self._serving(repository):
+            until = self._suspect.get((connector.name, digest))
+            (doubtful if until is not None and now < until else good).append(connector)
+        return good + doubtful
 
     async def _transfer(
         self,

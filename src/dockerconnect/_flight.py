@@ -41,11 +41,10 @@ Reopen = Callable[[int], Awaitable["BlobStream | None"]]
 COALESCE_SIZE = 512 * 1024
 #: Recent chunks kept in memory per flight, for readers that keep up.
 TAIL_SIZE = 8 * 1024 * 1024
-#: Readers replaying from the spool read this much at a time: small enough
-#: that a hundred lagging readers stay cheap, large enough for few thread hops.
+#: Readers replaying (from the cache writer or the spool) read this much at a
+#: time: small enough that a hundred lagging readers stay cheap, large enough
+#: for few thread hops.
 REPLAY_CHUNK = 256 * 1024
-#: Readers replaying from the cache writer read this much at a time.
-READ_BACK_CHUNK = 256 * 1024
 #: Readers are let in once this much has arrived (or the blob is verified):
 #: until then a source that sends wrong bytes can be replaced unseen, and a
 #: small blob reaches its readers only verified.
@@ -254,7 +253,7 @@ class BlobFlight(Work):
                 data = self._from_tail(pos, limit)
                 if data is None and self._read_back is not None:
                     try:
-                        data = await self._read_back(pos, min(limit - pos, READ_BACK_CHUNK))
+                        data = await self._read_back(pos, min(limit - pos, REPLAY_CHUNK))
                     except DockerConnectError:
                         # The cache writer was committed (or failed) meanwhile:
                         # the rest comes from the store, or the error is raised.

@@ -105,10 +105,6 @@ def _parse_reference(reference: str) -> Digest | str:
     return validate_tag(reference)
 
 
-def _digest_of(data: bytes, digest: Digest) -> bool:
-    return digest.matches(data)
-
-
 class _SharedCall(Work, Generic[T]):
     def __init__(self) -> None:
         self.waiting_on = None
@@ -295,9 +291,6 @@ class Resolver:
         if expiry is not None:
             self._negative[(connector.name, kind, repository, ref)] = expiry
 
-    def _forget_miss(self, connector: Connector, kind: str, repository: str, ref: str) -> None:
-        self._negative.pop((connector.name, kind, repository, ref), None)
-
     def _failed(self, connector: Connector, exc: BaseException, what: str) -> BaseException:
         """Record a connector failure; return it as an ``UpstreamError``-compatible value."""
         if isinstance(exc, ConnectorCycle):
@@ -464,7 +457,7 @@ class Resolver:
             return None
         if not isinstance(manifest, Manifest):
             raise ManifestInvalid(f"connector {connector.name!r} returned {type(manifest)!r}")
-        if isinstance(ref, Digest) and not _digest_of(manifest.data, ref):
+        if isinstance(ref, Digest) and not ref.matches(manifest.data):
             raise DigestMismatch(
                 f"connector {connector.name!r} returned a manifest that does not match {ref}",
                 digest=ref,

@@ -118,6 +118,7 @@ from dockerconnect.testing import (
     random_index,
     skopeo_push,
 )
+from dockerconnect.testing._distribution import stop_process
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -388,12 +389,7 @@ class AsgiServer:
         process, self.process = self.process, None
         if process is None:
             return
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 @dataclass(frozen=True)

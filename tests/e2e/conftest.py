@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from dockerconnect.testing import DistributionRegistry
+from dockerconnect.testing._distribution import stop_process
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "asgi_server.py"
 SKOPEO_TIMEOUT = 90.0
@@ -127,12 +128,7 @@ class ExampleServer:
         process, self._process = self._process, None
         if process is None:
             return
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
     def request(self, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
         """One plain HTTP request: status, headers (lower-case names), body."""

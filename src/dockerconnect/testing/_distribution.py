@@ -38,6 +38,7 @@ __all__ = [
     "ToolNotInstalled",
     "TokenAuthConfig",
     "push_content",
+    "stop_process",
     "skopeo_push",
 ]
 
@@ -285,12 +286,7 @@ class DistributionRegistry:
         self._port = None
         if process is None:
             return
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
     def _cleanup(self) -> None:
         if self._root is not None and self._given_root is None:
@@ -454,3 +450,13 @@ async def _put_manifest(
         raise RuntimeError(
             f"pushing manifest {reference} answered {response.status_code}: {response.text}"
         )
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = 15.0) -> None:
+    """Stop a server process: SIGTERM, then SIGKILL if it has not exited in ``timeout``."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -108,7 +108,7 @@ from _peer_support import (
     wait_quiet,
 )
 
-from dockerconnect import Descriptor, Digest, Manifest, Platform
+from dockerconnect import OCI_MANIFEST, Descriptor, Digest, Manifest, Platform
 from dockerconnect.testing import (
     DistributionRegistry,
     RandomImage,
@@ -124,7 +124,6 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 KiB = 1024
 MiB = 1024 * KiB
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 TARGETS = ("direct", "distribution", "dockerconnect")
 PHASES = (

@@ -42,6 +42,7 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from dockerconnect import (
+    Connector,
     Digest,
     FilesystemBlobStore,
     FilesystemManifestStore,
@@ -73,6 +74,18 @@ def current_rss() -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def cold_resolver(root: Path, connector: Connector) -> Resolver:
+    """A Resolver with an empty filesystem blob store in a fresh directory under ``root``."""
+    d = Path(tempfile.mkdtemp(dir=root))
+    return Resolver(
+        "local",
+        manifests=MemoryManifestStore(),
+        blobs=FilesystemBlobStore(d / "b"),
+        connectors=[connector],
+        spool_dir=str(d),
+    )
 
 
 async def timed(fn: Callable[[], Awaitable[Any]]) -> float:
@@ -144,14 +157,7 @@ async def bench_stream_through(size: int, repeats: int, root: Path) -> dict[str,
 
         upstream = FakeUpstream("up", chunk_size=MiB)
         upstream.add_blob("app", data)
-        d = Path(tempfile.mkdtemp(dir=root))
-        async with Resolver(
-            "local",
-            manifests=MemoryManifestStore(),
-            blobs=FilesystemBlobStore(d / "b"),
-            connectors=[upstream],
-            spool_dir=str(d),
-        ) as r:
+        async with cold_resolver(root, upstream) as r:
 
             async def pull(r: Resolver = r) -> None:
                 async with await r.open_blob("app", digest) as stream:
@@ -182,15 +188,8 @@ async def bench_fanout(
             upstream = FakeUpstream("up", chunk_size=MiB)
             upstream.add_blob("app", data)
             counted = CountingConnector(upstream)
-            d = Path(tempfile.mkdtemp(dir=root))
             gc.collect()
-            async with Resolver(
-                "local",
-                manifests=MemoryManifestStore(),
-                blobs=FilesystemBlobStore(d / "b"),
-                connectors=[counted],
-                spool_dir=str(d),
-            ) as r:
+            async with cold_resolver(root, counted) as r:
 
                 async def reader(r: Resolver = r) -> None:
                     h = hashlib.sha256()

@@ -69,6 +69,7 @@ from dockerconnect._memory import check_offset, check_size, check_writable
 from dockerconnect._protocols import BLOB_MEDIA_TYPE, BlobWriter, TagRecord
 from dockerconnect._reference import validate_repository, validate_tag
 from dockerconnect._stream import CHUNK_SIZE, BlobStream
+from dockerconnect._together import together
 from dockerconnect.errors import (
     BlobUploadInvalid,
     InvalidInput,
@@ -338,27 +339,12 @@ class _FileWriter:
         return Descriptor(BLOB_MEDIA_TYPE, self._verifier.digest, self._verifier.count)
 
     async def _hash_and_write(self, data: bytes) -> None:
-        # Exceptions are collected rather than left to the task group, which
-        # would wrap them in an ExceptionGroup; the first one is raised as is.
-        failures: list[Exception] = []
-
-        async def write() -> None:
-            try:
-                await _run("write blob", self._append, data)
-            except Exception as exc:
-                failures.append(exc)
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(write)
-            try:
-                await self._verifier.aupdate(data)
-            except Exception as exc:
-                failures.append(exc)
-                # Overflow is detected before the first await: the write has
-                # not started and never will.
-                tg.cancel_scope.cancel()
-        if failures:
-            raise failures[0]
+        # Hash here while a worker thread writes. An overflow is detected before
+        # the hash's first await, so the write is cancelled before it starts.
+        await together(
+            lambda: self._verifier.aupdate(data),
+            lambda: _run("write blob", self._append, data),
+        )
 
     async def _flush(self) -> None:
         if self._buffer:

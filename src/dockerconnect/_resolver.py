@@ -49,6 +49,7 @@ from dockerconnect._protocols import (
 from dockerconnect._reference import validate_repository, validate_tag
 from dockerconnect._stats import ResolverStats
 from dockerconnect._stream import BlobStream
+from dockerconnect._together import together
 from dockerconnect.errors import (
     BlobUnknown,
     ConnectorCycle,
@@ -1221,27 +1222,8 @@ class Resolver:
 async def _store_chunk(
     flight: BlobFlight, sink: Callable[[bytes], Coroutine[Any, Any, None]], chunk: bytes
 ) -> None:
-    """Cache and spool one chunk in parallel (two worker threads, two cores).
-
-    Errors are collected rather than left to the task group, which would wrap
-    them in an exception group; the first is raised as it is.
-    """
-    errors: list[Exception] = []
-
-    async def cache() -> None:
-        try:
-            await sink(chunk)
-        except Exception as exc:
-            errors.append(exc)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(cache)
-        try:
-            await flight.append(chunk)
-        except Exception as exc:
-            errors.append(exc)
-    if errors:
-        raise errors[0]
+    """Spool and cache one chunk in parallel (two worker threads, two cores)."""
+    await together(lambda: flight.append(chunk), lambda: sink(chunk))
 
 
 async def _counted(stream: BlobStream, count: Callable[[int], None]) -> AsyncIterator[bytes]:

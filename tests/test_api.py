@@ -33,6 +33,7 @@ PUBLIC = {
     "ManifestStore",
     "MemoryBlobStore",
     "MemoryManifestStore",
+    "OciLayoutConnector",
     "Platform",
     "Reference",
     "Registry",
@@ -43,6 +44,7 @@ PUBLIC = {
     "TagDecision",
     "TagRecord",
     "errors",
+    "export_layout",
     "validate_repository",
     "validate_tag",
 }

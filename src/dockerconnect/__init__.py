@@ -39,6 +39,7 @@ from dockerconnect._resolver import Resolver
 from dockerconnect._stats import ResolverStats
 from dockerconnect._stream import BlobStream
 from dockerconnect.errors import DockerConnectError
+from dockerconnect.layout import OciLayoutConnector, export_layout
 
 __version__ = "0.1.0"
 
@@ -67,6 +68,7 @@ __all__ = [
     "ManifestStore",
     "MemoryBlobStore",
     "MemoryManifestStore",
+    "OciLayoutConnector",
     "Platform",
     "Reference",
     "Registry",
@@ -77,6 +79,7 @@ __all__ = [
     "TagDecision",
     "TagRecord",
     "errors",
+    "export_layout",
     "validate_repository",
     "validate_tag",
 ]

@@ -1,0 +1,590 @@
+"""``export_layout``: images of a registry written as an OCI image layout.
+
+Crash and interruption safety
+-----------------------------
+
+The layout never lies, whenever the export stops (cancelled, killed, a full
+disk):
+
+1. ``oci-layout`` is written first; a directory without one is not a layout.
+2. Each blob is written to ``.dockerconnect-tmp/`` inside the layout, verified
+   against its digest and size, ``fsync``-ed and renamed to
+   ``blobs/<algorithm>/<hex>``: a blob's name only ever holds its exact bytes.
+   A blob held by a :class:`~dockerconnect.FilesystemBlobStore` is hard-linked
+   instead (the store only publishes verified bytes), falling back to a copy
+   where the filesystem refuses the link (another device, no hard links).
+3. Manifests are written after every blob, children before their index.
+4. ``index.json`` is replaced last, atomically (temporary file, ``fsync``,
+   rename, ``fsync`` of the directory). Until then the previous ``index.json``
+   (if any) still names only content that is there.
+
+A rerun into the same directory is a resume: a blob already present is
+skipped once its size and digest check out (a hard link to the store's own
+file is skipped without reading it), and one that does not is written again.
+``index.json`` keeps the entries it had, except those whose ``ref.name`` the
+export writes again. One export into a directory at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Final, Literal, TypeVar
+
+import anyio
+import anyio.to_thread
+import attrs
+
+from dockerconnect._descriptor import Descriptor, Platform
+from dockerconnect._digest import Digest, DigestVerifier
+from dockerconnect._filesystem import FilesystemBlobStore
+from dockerconnect._manifest import OCI_INDEX, Manifest
+from dockerconnect._protocols import Registry
+from dockerconnect._reference import validate_repository, validate_tag
+from dockerconnect.errors import (
+    DigestMismatch,
+    InvalidInput,
+    ManifestUnknown,
+    StorageError,
+)
+from dockerconnect.layout._format import (
+    BLOBS_DIR,
+    INDEX_FILE,
+    LAYOUT_FILE,
+    LAYOUT_VERSION,
+    REF_NAME,
+    LayoutInvalid,
+    parse_index,
+    parse_layout_file,
+)
+
+__all__ = ["ExportEvent", "ExportReport", "export_layout"]
+
+T = TypeVar("T")
+
+TMP_DIR: Final = ".dockerconnect-tmp"
+#: Blobs written at once: enough to overlap hashing, network and disk.
+CONCURRENCY: Final = 4
+_HASH_CHUNK: Final = 1024 * 1024
+
+How = Literal["copied", "linked", "skipped"]
+
+
+@attrs.frozen(slots=True)
+class ExportEvent:
+    """One step of an export, passed to its ``progress`` callback.
+
+    ``kind`` is one of:
+
+    - ``"planned"``: every manifest is known; ``total_bytes`` and
+      ``total_blobs`` are what the export will bring into the layout;
+    - ``"bytes"``: ``size`` more bytes of blob ``digest`` were written;
+    - ``"blob"``: blob ``digest`` (``size`` bytes) is in place, ``how``
+      (``"copied"``, ``"linked"`` or ``"skipped"``, already there);
+    - ``"manifest"``: manifest ``digest`` is in place;
+    - ``"done"``: ``index.json`` is written.
+
+    ``done_bytes`` counts blob bytes in place so far, however they got there.
+    """
+
+    kind: Literal["planned", "bytes", "blob", "manifest", "done"]
+    digest: Digest | None = None
+    size: int = 0
+    how: How | None = None
+    done_bytes: int = 0
+    total_bytes: int = 0
+    total_blobs: int = 0
+
+
+@attrs.frozen(slots=True)
+class ExportReport:
+    """What an export did.
+
+    ``entries`` are the ``index.json`` descriptors it wrote (tagged images
+    first, then referrers). ``copied``, ``linked`` and ``skipped`` count blobs
+    by how they got into the layout; ``bytes_written`` counts the bytes
+    actually written (copies, manifests, ``index.json``), ``bytes_linked``
+    those hard-linked.
+    """
+
+    path: Path
+    entries: tuple[Descriptor, ...]
+    manifests: int
+    copied: int
+    linked: int
+    skipped: int
+    bytes_written: int
+    bytes_linked: int
+    bytes_skipped: int
+
+
+@attrs.define
+class _Plan:
+    """Everything to write, collected before the first byte is."""
+
+    manifests: dict[Digest, Manifest] = attrs.field(factory=dict)
+    order: list[Digest] = attrs.field(factory=list)  # children before parents
+    blobs: dict[Digest, Descriptor] = attrs.field(factory=dict)
+    entries: list[Descriptor] = attrs.field(factory=list)
+    referrers: dict[Digest, Descriptor] = attrs.field(factory=dict)
+
+
+@attrs.define
+class _Counts:
+    copied: int = 0
+    linked: int = 0
+    skipped: int = 0
+    bytes_written: int = 0
+    bytes_linked: int = 0
+    bytes_skipped: int = 0
+    done_bytes: int = 0
+    total_bytes: int = 0
+    total_blobs: int = 0
+
+
+async def export_layout(
+    registry: Registry,
+    repository: str,
+    references: Iterable[str],
+    path: str | os.PathLike[str],
+    *,
+    referrers: bool = False,
+    platforms: Sequence[str] | None = None,
+    progress: Callable[[ExportEvent], None] | None = None,
+    link_from: FilesystemBlobStore | None = None,
+    qualified: bool = False,
+) -> ExportReport:
+    """Write ``references`` of ``repository`` as an OCI image layout at ``path``.
+
+    ``references`` are tags or digests. A tag is written as an ``index.json``
+    entry named by its ``org.opencontainers.image.ref.name``: the bare tag
+    (what ``skopeo … oci:DIR:TAG`` reads), or ``repository:tag`` with
+    ``qualified=True``. A digest is written as an entry without a name.
+
+    An index is written with every child, or with the children matching
+    ``platforms`` (``"linux/arm64/v8"``…) only; its own bytes, and so its
+    digest, are unchanged. With ``referrers``, each manifest's referrers
+    (through ``registry.referrers`` if the registry has it, and through the
+    ``<algorithm>-<hex>`` tag schema), and theirs, are written too, as
+    unnamed entries of ``index.json``.
+
+    Blobs held in ``link_from`` (by default the registry's own ``blobs``, when
+    it is a :class:`~dockerconnect.FilesystemBlobStore`) are hard-linked where
+    the filesystem allows. ``progress`` is called with an
+    :class:`ExportEvent` at each step. See the module documentation for what
+    an interrupted export leaves and how a rerun resumes. Raises what the
+    registry raises (``ManifestUnknown``, ``BlobUnknown``, ``UpstreamError``),
+    ``DigestMismatch`` for content that does not match its digest, and
+    ``StorageError`` when the layout cannot be written.
+    """
+    validate_repository(repository)
+    refs = [_reference(r) for r in ([references] if isinstance(references, str) else references)]
+    if not refs:
+        raise InvalidInput("export_layout needs at least one tag or digest")
+    wanted = tuple(Platform.parse(p) for p in platforms) if platforms is not None else None
+    root = Path(await anyio.Path(os.fspath(path)).absolute())
+    store = link_from
+    if store is None and isinstance(getattr(registry, "blobs", None), FilesystemBlobStore):
+        store = registry.blobs  # type: ignore[attr-defined]
+    emit = progress if progress is not None else _ignore
+
+    existing = await _run("prepare the layout", _prepare, root)
+    plan = _Plan()
+    for ref in refs:
+        manifest = await registry.get_manifest(repository, str(ref))
+        await _collect(registry, repository, manifest, wanted, plan)
+        plan.entries.append(_entry(manifest, repository, ref, qualified))
+    if referrers:
+        await _collect_referrers(registry, repository, wanted, plan)
+
+    counts = _Counts(total_bytes=sum(d.size for d in plan.blobs.values()))
+    counts.total_blobs = len(plan.blobs)
+    emit(ExportEvent("planned", total_bytes=counts.total_bytes, total_blobs=counts.total_blobs))
+    limiter = anyio.CapacityLimiter(CONCURRENCY)
+    writer = _Writer(root, registry, repository, store, counts, emit)
+    async with anyio.create_task_group() as tg:
+        for descriptor in plan.blobs.values():
+            tg.start_soon(writer.blob, descriptor, limiter)
+    for digest in plan.order:
+        data = plan.manifests[digest].data
+        counts.bytes_written += await _run("write a manifest", writer.write_small, digest, data)
+        emit(ExportEvent("manifest", digest, len(data), done_bytes=counts.done_bytes))
+    entries = (*plan.entries, *plan.referrers.values())
+    counts.bytes_written += await _run("write index.json", _write_index, root, existing, entries)
+    emit(ExportEvent("done", done_bytes=counts.done_bytes, total_bytes=counts.total_bytes))
+    return ExportReport(
+        path=root,
+        entries=entries,
+        manifests=len(plan.order),
+        copied=counts.copied,
+        linked=counts.linked,
+        skipped=counts.skipped,
+        bytes_written=counts.bytes_written,
+        bytes_linked=counts.bytes_linked,
+        bytes_skipped=counts.bytes_skipped,
+    )
+
+
+def _ignore(event: ExportEvent) -> None:
+    return None
+
+
+def _reference(reference: str) -> Digest | str:
+    if not isinstance(reference, str):
+        raise InvalidInput(f"reference must be a string, not {type(reference).__name__}")
+    if ":" in reference:
+        digest = Digest.parse(reference)
+        digest.hasher()  # Unsupported now, before any I/O
+        return digest
+    return validate_tag(reference)
+
+
+def _entry(manifest: Manifest, repository: str, ref: Digest | str, qualified: bool) -> Descriptor:
+    annotations = None
+    if isinstance(ref, str):
+        annotations = {REF_NAME: f"{repository}:{ref}" if qualified else ref}
+    return Descriptor(
+        manifest.media_type,
+        manifest.digest,
+        manifest.size,
+        annotations=annotations,
+        artifact_type=manifest.artifact_type,
+    )
+
+
+# -- planning ------------------------------------------------------------------
+
+
+async def _collect(
+    registry: Registry,
+    repository: str,
+    manifest: Manifest,
+    wanted: tuple[Platform, ...] | None,
+    plan: _Plan,
+) -> None:
+    """Add ``manifest`` and everything it needs to ``plan``, children first."""
+    if manifest.digest in plan.manifests:
+        return
+    if manifest.is_index:
+        for child in manifest.manifests:
+            if wanted is not None and not (
+                child.platform is not None and any(child.platform.matches(p) for p in wanted)
+            ):
+                continue
+            await _collect(
+                registry, repository, await _fetch(registry, repository, child), wanted, plan
+            )
+    else:
+        for blob in manifest.blobs():
+            plan.blobs.setdefault(blob.digest, blob)
+    plan.manifests[manifest.digest] = manifest
+    plan.order.append(manifest.digest)
+
+
+async def _fetch(registry: Registry, repository: str, descriptor: Descriptor) -> Manifest:
+    manifest = await registry.get_manifest(repository, str(descriptor.digest))
+    if manifest.digest != descriptor.digest:
+        raise DigestMismatch(
+            f"manifest {descriptor.digest} came back as {manifest.digest}",
+            repository=repository,
+            digest=descriptor.digest,
+        )
+    return manifest
+
+
+async def _collect_referrers(
+    registry: Registry, repository: str, wanted: tuple[Platform, ...] | None, plan: _Plan
+) -> None:
+    """Add the referrers of every planned manifest, and theirs, to ``plan``."""
+    asked: set[Digest] = set()
+    while pending := [d for d in plan.order if d not in asked]:
+        for digest in pending:
+            asked.add(digest)
+            for found in await _referrers_of(registry, repository, digest):
+                if found.digest in plan.manifests:
+                    continue
+                await _collect(
+                    registry, repository, await _fetch(registry, repository, found), wanted, plan
+                )
+                manifest = plan.manifests[found.digest]
+                plan.referrers[found.digest] = Descriptor(
+                    manifest.media_type,
+                    manifest.digest,
+                    manifest.size,
+                    annotations=found.annotations,
+                    artifact_type=found.artifact_type,
+                )
+
+
+async def _referrers_of(registry: Registry, repository: str, digest: Digest) -> list[Descriptor]:
+    found: dict[Digest, Descriptor] = {}
+    method: Any = getattr(registry, "referrers", None)
+    if method is not None:
+        for descriptor in await method(repository, digest):
+            found.setdefault(descriptor.digest, descriptor)
+    try:
+        tagged = await registry.get_manifest(repository, f"{digest.algorithm}-{digest.hex}")
+    except ManifestUnknown:
+        tagged = None
+    if tagged is not None and tagged.is_index:
+        for descriptor in tagged.manifests:
+            found.setdefault(descriptor.digest, descriptor)
+    return list(found.values())
+
+
+# -- writing -------------------------------------------------------------------
+
+
+class _Writer:
+    """Brings blobs into the layout: skip, hard-link, or copy and verify."""
+
+    def __init__(
+        self,
+        root: Path,
+        registry: Registry,
+        repository: str,
+        store: FilesystemBlobStore | None,
+        counts: _Counts,
+        emit: Callable[[ExportEvent], None],
+    ) -> None:
+        self.root = root
+        self.registry = registry
+        self.repository = repository
+        self.store = store
+        self.counts = counts
+        self.emit = emit
+
+    def final(self, digest: Digest) -> Path:
+        return self.root / BLOBS_DIR / digest.algorithm / digest.hex
+
+    async def blob(self, descriptor: Descriptor, limiter: anyio.CapacityLimiter) -> None:
+        async with limiter:
+            how = await self._place(descriptor)
+        counts = self.counts
+        counts.done_bytes += descriptor.size
+        if how == "skipped":
+            counts.skipped += 1
+            counts.bytes_skipped += descriptor.size
+        elif how == "linked":
+            counts.linked += 1
+            counts.bytes_linked += descriptor.size
+        else:
+            counts.copied += 1
+        self.emit(
+            ExportEvent(
+                "blob",
+                descriptor.digest,
+                descriptor.size,
+                how,
+                done_bytes=counts.done_bytes,
+                total_bytes=counts.total_bytes,
+                total_blobs=counts.total_blobs,
+            )
+        )
+
+    async def _place(self, descriptor: Descriptor) -> How:
+        digest, final = descriptor.digest, self.final(descriptor.digest)
+        source = self._store_file(digest)
+        if await _run("check a blob", _present, final, descriptor, source):
+            return "skipped"
+        if source is not None and await _run("link a blob", self._link, source, final):
+            return "linked"
+        await self._copy(descriptor, final)
+        return "copied"
+
+    def _store_file(self, digest: Digest) -> Path | None:
+        if self.store is None:
+            return None
+        try:
+            return self.store.blob_path(digest)
+        except InvalidInput:
+            return None
+
+    def _link(self, source: Path, final: Path) -> bool:
+        """Hard-link the store's file into place; ``False`` where links do not work."""
+        temp = self._temp()
+        try:
+            os.link(source, temp)
+        except FileNotFoundError:
+            return False  # not in the store (yet): copy through the registry
+        except OSError:
+            return False  # EXDEV, EPERM, EMLINK…: the filesystem will not link
+        _make_dirs(final.parent)
+        os.replace(temp, final)
+        return True
+
+    def _temp(self) -> Path:
+        return self.root / TMP_DIR / f"{secrets.token_hex(16)}.tmp"
+
+    async def _copy(self, descriptor: Descriptor, final: Path) -> None:
+        verifier = DigestVerifier(descriptor.digest, descriptor.size)
+        temp = self._temp()
+        file = await _run("create a blob", open, temp, "wb")
+        try:
+            async with await self.registry.open_blob(self.repository, descriptor.digest) as stream:
+                async for chunk in stream:
+                    await verifier.aupdate(chunk)
+                    await _run("write a blob", file.write, chunk)
+                    self.counts.bytes_written += len(chunk)
+                    self.emit(ExportEvent("bytes", descriptor.digest, len(chunk)))
+            verifier.verify()
+            await _run("write a blob", _flush_and_close, file)
+            await _run("publish a blob", _publish, temp, final)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_discard, file, temp)
+            raise
+
+    def write_small(self, digest: Digest, data: bytes) -> int:
+        """Write a manifest's bytes under its digest (blocking); bytes written."""
+        final = self.final(digest)
+        try:
+            if final.read_bytes() == data:
+                return 0
+        except FileNotFoundError:
+            pass
+        temp = self._temp()
+        with open(temp, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        _publish(temp, final)
+        return len(data)
+
+
+def _present(final: Path, descriptor: Descriptor, source: Path | None) -> bool:
+    """Whether ``final`` already holds the blob; removes it if it holds other bytes."""
+    try:
+        info = os.stat(final)
+    except FileNotFoundError:
+        return False
+    if info.st_size == descriptor.size:
+        if source is not None and _same_file(source, info):
+            return True  # our own hard link to the store's verified file
+        verifier = DigestVerifier(descriptor.digest, descriptor.size)
+        with open(final, "rb") as file:
+            while chunk := file.read(_HASH_CHUNK):
+                verifier.update(chunk)
+        if verifier.ok:
+            return True
+    os.unlink(final)
+    return False
+
+
+def _same_file(path: Path, info: os.stat_result) -> bool:
+    try:
+        other = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (other.st_dev, other.st_ino) == (info.st_dev, info.st_ino)
+
+
+def _prepare(root: Path) -> tuple[Descriptor, ...]:
+    """Make ``root`` a layout (or check that it is one); the current entries.
+
+    Leftover temporary files of an interrupted export are removed.
+    """
+    layout = root / LAYOUT_FILE
+    if root.is_dir() and any(root.iterdir()) and not layout.exists():
+        raise StorageError(
+            f"{root} is not empty and not an OCI image layout: export into an empty "
+            "directory or an existing layout"
+        )
+    try:
+        existing: tuple[Descriptor, ...] = ()
+        if layout.exists():
+            parse_layout_file(layout.read_bytes(), str(root))
+            index = root / INDEX_FILE
+            if index.exists():
+                existing = parse_index(index.read_bytes(), str(root)).manifests
+    except LayoutInvalid as exc:
+        raise StorageError(f"cannot export into {root}: {exc.message}") from exc
+    tmp = root / TMP_DIR
+    shutil.rmtree(tmp, ignore_errors=True)
+    _make_dirs(tmp)
+    if not layout.exists():
+        temp = tmp / "oci-layout.tmp"
+        temp.write_text(json.dumps({"imageLayoutVersion": LAYOUT_VERSION}))
+        _publish(temp, layout)
+    return existing
+
+
+def _write_index(root: Path, existing: Sequence[Descriptor], entries: Sequence[Descriptor]) -> int:
+    """Replace ``index.json`` atomically: the old entries not renamed, then ``entries``."""
+    names = {e.annotations.get(REF_NAME) for e in entries if e.annotations} - {None}
+    digests = {e.digest for e in entries}
+    kept = []
+    for entry in existing:
+        name = entry.annotations.get(REF_NAME) if entry.annotations else None
+        if name in names or (name is None and entry.digest in digests):
+            continue
+        kept.append(entry)
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [e.to_dict() for e in (*kept, *entries)],
+    }
+    data = json.dumps(doc, indent=2).encode() + b"\n"
+    for directory in (root / BLOBS_DIR).glob("*"):
+        _fsync_dir(directory)
+    temp = root / TMP_DIR / "index.json.tmp"
+    with open(temp, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    _publish(temp, root / INDEX_FILE)
+    shutil.rmtree(root / TMP_DIR, ignore_errors=True)
+    return len(data)
+
+
+def _publish(temp: Path, final: Path) -> None:
+    _make_dirs(final.parent)
+    os.replace(temp, final)
+    _fsync_dir(final.parent)
+
+
+def _flush_and_close(file: Any) -> None:
+    try:
+        file.flush()
+        os.fsync(file.fileno())
+    finally:
+        file.close()
+
+
+def _discard(file: Any, temp: Path) -> None:
+    file.close()
+    try:
+        os.unlink(temp)
+    except FileNotFoundError:
+        pass
+
+
+def _make_dirs(path: Path) -> None:
+    os.makedirs(path, exist_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+async def _run(what: str, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a worker thread; ``OSError`` as ``StorageError``."""
+    try:
+        return await anyio.to_thread.run_sync(fn, *args)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise StorageError(f"could not {what}: {reason}{where}") from exc

@@ -31,7 +31,7 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
@@ -192,7 +192,6 @@ async def export_layout(
         store = registry.blobs  # type: ignore[attr-defined]
     emit = progress if progress is not None else _ignore
 
-    existing = await _run("prepare the layout", _prepare, root)
     plan = _Plan()
     for ref in refs:
         manifest = await registry.get_manifest(repository, str(ref))
@@ -201,14 +200,14 @@ async def export_layout(
     if referrers:
         await _collect_referrers(registry, repository, wanted, plan)
 
+    # Only now, with every manifest known, is anything written.
+    existing = await _run("prepare the layout", _prepare, root)
     counts = _Counts(total_bytes=sum(d.size for d in plan.blobs.values()))
     counts.total_blobs = len(plan.blobs)
     emit(ExportEvent("planned", total_bytes=counts.total_bytes, total_blobs=counts.total_blobs))
     limiter = anyio.CapacityLimiter(CONCURRENCY)
     writer = _Writer(root, registry, repository, store, counts, emit)
-    async with anyio.create_task_group() as tg:
-        for descriptor in plan.blobs.values():
-            tg.start_soon(writer.blob, descriptor, limiter)
+    await _all(writer.blob, plan.blobs.values(), limiter)
     for digest in plan.order:
         data = plan.manifests[digest].data
         counts.bytes_written += await _run("write a manifest", writer.write_small, digest, data)
@@ -227,6 +226,30 @@ async def export_layout(
         bytes_linked=counts.bytes_linked,
         bytes_skipped=counts.bytes_skipped,
     )
+
+
+async def _all(
+    fn: Callable[[Descriptor, anyio.CapacityLimiter], Awaitable[None]],
+    items: Iterable[Descriptor],
+    limiter: anyio.CapacityLimiter,
+) -> None:
+    """``fn(item, limiter)`` for every item at once; the first failure stops the
+    others and is raised as itself (not in an exception group)."""
+    failed: list[Exception] = []
+
+    async def one(item: Descriptor, scope: anyio.CancelScope) -> None:
+        try:
+            await fn(item, limiter)
+        except Exception as exc:
+            if not failed:
+                failed.append(exc)
+            scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        for item in items:
+            tg.start_soon(one, item, tg.cancel_scope)
+    if failed:
+        raise failed[0]
 
 
 def _ignore(event: ExportEvent) -> None:

@@ -155,7 +155,7 @@ async def export_layout(
     referrers: bool = False,
     platforms: Sequence[str] | None = None,
     progress: Callable[[ExportEvent], None] | None = None,
-    link_from: FilesystemBlobStore | None = None,
+    hard_links: bool = True,
     qualified: bool = False,
 ) -> ExportReport:
     """Write ``references`` of ``repository`` as an OCI image layout at ``path``.
@@ -172,9 +172,10 @@ async def export_layout(
     ``<algorithm>-<hex>`` tag schema), and theirs, are written too, as
     unnamed entries of ``index.json``.
 
-    Blobs held in ``link_from`` (by default the registry's own ``blobs``, when
-    it is a :class:`~dockerconnect.FilesystemBlobStore`) are hard-linked where
-    the filesystem allows. ``progress`` is called with an
+    With ``hard_links``, blobs held by the registry's own ``blobs`` store, when
+    it is a :class:`~dockerconnect.FilesystemBlobStore` (as a
+    :class:`~dockerconnect.Resolver`'s may be), are hard-linked where the
+    filesystem allows; the others are copied. ``progress`` is called with an
     :class:`ExportEvent` at each step. See the module documentation for what
     an interrupted export leaves and how a rerun resumes. Raises what the
     registry raises (``ManifestUnknown``, ``BlobUnknown``, ``UpstreamError``),
@@ -187,9 +188,10 @@ async def export_layout(
         raise InvalidInput("export_layout needs at least one tag or digest")
     wanted = tuple(Platform.parse(p) for p in platforms) if platforms is not None else None
     root = Path(await anyio.Path(os.fspath(path)).absolute())
-    store = link_from
-    if store is None and isinstance(getattr(registry, "blobs", None), FilesystemBlobStore):
-        store = registry.blobs  # type: ignore[attr-defined]
+    # Registry has no "blobs"; a Resolver does. Until a store offers a public
+    # "file of a blob", a FilesystemBlobStore's blob_path is the one way in.
+    held = getattr(registry, "blobs", None) if hard_links else None
+    store = held if isinstance(held, FilesystemBlobStore) else None
     emit = progress if progress is not None else _ignore
 
     plan = _Plan()

@@ -180,7 +180,6 @@ def main() -> int:
         rows = anyio.run(measure, Path(tmp), total, layer)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     text = (
-        "# Exporting cached images as an OCI layout\n\n"
         f"`python benchmarks/bench_layout.py{' --quick' if args.quick else ''}` on {machine}; "
         "store and layouts on one filesystem, page cache warm.\n\n" + table(rows) + "\n"
     )

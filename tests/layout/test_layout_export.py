@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import AsyncIterator
@@ -335,3 +336,26 @@ async def test_refusals(
     with pytest.raises(StorageError, match="not empty and not an OCI image layout"):
         await export_layout(registry, REPO, ["v1"], tmp_path / "busy")
     assert os.listdir(tmp_path / "busy") == ["notes.txt"]
+
+
+async def test_a_copy_where_the_filesystem_refuses_links(
+    tmp_path: Path, hub: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image = random_image(seed=17, layers=2, layer_size=20_000)
+    hub.add(REPO, image, tag="v1")
+
+    def cross_device(source: object, target: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    async with Resolver(
+        "staging",
+        manifests=FilesystemManifestStore(tmp_path / "store"),
+        blobs=FilesystemBlobStore(tmp_path / "store"),
+        connectors=[hub],
+    ) as registry:
+        await export_layout(registry, REPO, ["v1"], tmp_path / "first")
+        await registry.wait_idle()
+        monkeypatch.setattr(os, "link", cross_device)
+        report = await export_layout(registry, REPO, ["v1"], tmp_path / "out")
+    assert (report.copied, report.linked) == (len(image.blobs), 0)
+    check_layout(tmp_path / "out")

@@ -153,10 +153,8 @@ class OciLayoutConnector:
 
     def _known(self, index: LayoutIndex, digest: Digest) -> Descriptor | None:
         """What ``index.json`` or a manifest served so far says ``digest`` is."""
-        for entry in index.manifests:
-            if entry.digest == digest:
-                return entry
-        return self._hints.get(digest)
+        entry = index.by_digest.get(digest)
+        return entry if entry is not None else self._hints.get(digest)
 
     # -- manifests ------------------------------------------------------------
 

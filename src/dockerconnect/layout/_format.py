@@ -81,7 +81,7 @@ class LayoutInvalid(UpstreamError):
 
 @attrs.frozen(slots=True)
 class LayoutIndex:
-    """A parsed ``index.json``: every entry, and the tagged ones by name.
+    """A parsed ``index.json``: every entry, by digest, and the tagged ones by name.
 
     ``tags`` maps ``(repository, tag)`` to the entry; ``repository`` is
     ``None`` for a bare-tag name. When two entries carry the same name the
@@ -90,17 +90,20 @@ class LayoutIndex:
 
     manifests: tuple[Descriptor, ...]
     tags: Mapping[tuple[str | None, str], Descriptor]
+    by_digest: Mapping[Digest, Descriptor]
 
     @classmethod
     def of(cls, manifests: Iterable[Descriptor]) -> LayoutIndex:
         entries = tuple(manifests)
         tags: dict[tuple[str | None, str], Descriptor] = {}
+        by_digest: dict[Digest, Descriptor] = {}
         for entry in entries:
+            by_digest.setdefault(entry.digest, entry)
             name = entry.annotations.get(REF_NAME) if entry.annotations else None
             split = split_ref_name(name) if name is not None else None
             if split is not None:
                 tags.setdefault(split, entry)
-        return cls(entries, tags)
+        return cls(entries, tags, by_digest)
 
 
 def split_ref_name(value: str) -> tuple[str | None, str] | None:

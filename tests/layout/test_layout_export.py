@@ -238,7 +238,7 @@ async def test_index_json_keeps_other_entries(
     first, second, third = (random_image(seed=s) for s in (9, 10, 11))
     hub.add(REPO, first, tag="a")
     hub.add(REPO, second, tag="b")
-    await export_layout(registry, REPO, ["a", "b"], tmp_path / "out")
+    await export_layout(registry, REPO, ["a", "b", "a"], tmp_path / "out")
     hub.add(REPO, third, tag="b")  # b moved upstream
     await registry.delete_manifest(REPO, "b")  # forget the cached tag
     await export_layout(registry, REPO, ["b", str(first.manifest.digest)], tmp_path / "out")

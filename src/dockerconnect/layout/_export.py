@@ -198,7 +198,9 @@ async def export_layout(
     for ref in refs:
         manifest = await registry.get_manifest(repository, str(ref))
         await _collect(registry, repository, manifest, wanted, plan)
-        plan.entries.append(_entry(manifest, repository, ref, qualified))
+        entry = _entry(manifest, repository, ref, qualified)
+        if entry not in plan.entries:  # the same reference twice is one entry
+            plan.entries.append(entry)
     if referrers:
         await _collect_referrers(registry, repository, wanted, plan)
 

@@ -341,3 +341,31 @@ async def test_referrers_by_subject_and_by_tag_schema(tmp_path: Path) -> None:
     only = await connector.referrers("r", subject.digest, artifact_type=ARTIFACT)
     assert [r.digest for r in only or []] == [sbom.manifest.digest]
     assert await connector.referrers("r", signature.manifest.digest) == []
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd (Linux)")
+async def test_no_file_stays_open(tmp_path: Path) -> None:
+    image = random_image(layers=1, layer_size=3 * CHUNK_SIZE, seed=19, layer_format="raw")
+    connector = OciLayoutConnector(write_layout(tmp_path / "l", {"v1": image}))
+    (layer,) = image.manifest.layers
+    await connector.get_manifest("r", "v1")
+    before = _open_fds()
+    unread = await connector.open_blob("r", layer.digest)
+    assert unread is not None
+    await unread.aclose()
+    partly = await connector.open_blob("r", layer.digest, offset=5)
+    assert partly is not None
+    async with partly:
+        async for _ in partly:
+            break
+    whole = await connector.open_blob("r", layer.digest)
+    assert whole is not None
+    await whole.read()
+    await connector.stat_blob("r", layer.digest)
+    with pytest.raises(RangeInvalid):
+        await connector.open_blob("r", layer.digest, offset=3 * CHUNK_SIZE + 1)
+    assert _open_fds() == before

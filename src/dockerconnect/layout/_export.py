@@ -27,13 +27,11 @@ export writes again. One export into a directory at a time.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
-import shutil
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal
 
 import anyio
 import anyio.to_thread
@@ -42,34 +40,32 @@ import attrs
 from dockerconnect._descriptor import Descriptor, Platform
 from dockerconnect._digest import Digest, DigestVerifier
 from dockerconnect._filesystem import FilesystemBlobStore
-from dockerconnect._manifest import OCI_INDEX, Manifest
+from dockerconnect._manifest import Manifest
 from dockerconnect._protocols import Registry
 from dockerconnect._reference import validate_repository, validate_tag
 from dockerconnect.errors import (
     DigestMismatch,
     InvalidInput,
     ManifestUnknown,
-    StorageError,
 )
-from dockerconnect.layout._format import (
-    BLOBS_DIR,
-    INDEX_FILE,
-    LAYOUT_FILE,
-    LAYOUT_VERSION,
-    REF_NAME,
-    LayoutInvalid,
-    parse_index,
-    parse_layout_file,
+from dockerconnect.layout._files import (
+    TMP_DIR,
+    discard,
+    flush_and_close,
+    make_dirs,
+    prepare,
+    present,
+    publish,
+    run,
+    write_index,
 )
+from dockerconnect.layout._format import BLOBS_DIR, REF_NAME
 
 __all__ = ["ExportEvent", "ExportReport", "export_layout"]
 
-T = TypeVar("T")
 
-TMP_DIR: Final = ".dockerconnect-tmp"
 #: Blobs written at once: enough to overlap hashing, network and disk.
 CONCURRENCY: Final = 4
-_HASH_CHUNK: Final = 1024 * 1024
 
 How = Literal["copied", "linked", "skipped"]
 
@@ -205,7 +201,7 @@ async def export_layout(
         await _collect_referrers(registry, repository, wanted, plan)
 
     # Only now, with every manifest known, is anything written.
-    existing = await _run("prepare the layout", _prepare, root)
+    existing = await run("prepare the layout", prepare, root)
     counts = _Counts(total_bytes=sum(d.size for d in plan.blobs.values()))
     counts.total_blobs = len(plan.blobs)
     emit(ExportEvent("planned", total_bytes=counts.total_bytes, total_blobs=counts.total_blobs))
@@ -214,10 +210,10 @@ async def export_layout(
     await _all(writer.blob, plan.blobs.values(), limiter)
     for digest in plan.order:
         data = plan.manifests[digest].data
-        counts.bytes_written += await _run("write a manifest", writer.write_small, digest, data)
+        counts.bytes_written += await run("write a manifest", writer.write_small, digest, data)
         emit(ExportEvent("manifest", digest, len(data), done_bytes=counts.done_bytes))
     entries = (*plan.entries, *plan.referrers.values())
-    counts.bytes_written += await _run("write index.json", _write_index, root, existing, entries)
+    counts.bytes_written += await run("write index.json", write_index, root, existing, entries)
     emit(ExportEvent("done", done_bytes=counts.done_bytes, total_bytes=counts.total_bytes))
     return ExportReport(
         path=root,
@@ -416,9 +412,9 @@ class _Writer:
     async def _place(self, descriptor: Descriptor) -> How:
         digest, final = descriptor.digest, self.final(descriptor.digest)
         source = self._store_file(digest)
-        if await _run("check a blob", _present, final, descriptor, source):
+        if await run("check a blob", present, final, descriptor, source):
             return "skipped"
-        if source is not None and await _run("link a blob", self._link, source, final):
+        if source is not None and await run("link a blob", self._link, source, final):
             return "linked"
         await self._copy(descriptor, final)
         return "copied"
@@ -440,7 +436,7 @@ class _Writer:
             return False  # not in the store (yet): copy through the registry
         except OSError:
             return False  # EXDEV, EPERM, EMLINK…: the filesystem will not link
-        _make_dirs(final.parent)
+        make_dirs(final.parent)
         os.replace(temp, final)
         return True
 
@@ -450,20 +446,20 @@ class _Writer:
     async def _copy(self, descriptor: Descriptor, final: Path) -> None:
         verifier = DigestVerifier(descriptor.digest, descriptor.size)
         temp = self._temp()
-        file = await _run("create a blob", open, temp, "wb")
+        file = await run("create a blob", open, temp, "wb")
         try:
             async with await self.registry.open_blob(self.repository, descriptor.digest) as stream:
                 async for chunk in stream:
                     await verifier.aupdate(chunk)
-                    await _run("write a blob", file.write, chunk)
+                    await run("write a blob", file.write, chunk)
                     self.counts.bytes_written += len(chunk)
                     self.emit(ExportEvent("bytes", descriptor.digest, len(chunk)))
             verifier.verify()
-            await _run("write a blob", _flush_and_close, file)
-            await _run("publish a blob", _publish, temp, final)
+            await run("write a blob", flush_and_close, file)
+            await run("publish a blob", publish, temp, final)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(_discard, file, temp)
+                await anyio.to_thread.run_sync(discard, file, temp)
             raise
 
     def write_small(self, digest: Digest, data: bytes) -> int:
@@ -479,139 +475,5 @@ class _Writer:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
-        _publish(temp, final)
+        publish(temp, final)
         return len(data)
-
-
-def _present(final: Path, descriptor: Descriptor, source: Path | None) -> bool:
-    """Whether ``final`` already holds the blob; removes it if it holds other bytes."""
-    try:
-        info = os.stat(final)
-    except FileNotFoundError:
-        return False
-    if info.st_size == descriptor.size:
-        if source is not None and _same_file(source, info):
-            return True  # our own hard link to the store's verified file
-        verifier = DigestVerifier(descriptor.digest, descriptor.size)
-        with open(final, "rb") as file:
-            while chunk := file.read(_HASH_CHUNK):
-                verifier.update(chunk)
-        if verifier.ok:
-            return True
-    os.unlink(final)
-    return False
-
-
-def _same_file(path: Path, info: os.stat_result) -> bool:
-    try:
-        other = os.stat(path)
-    except FileNotFoundError:
-        return False
-    return (other.st_dev, other.st_ino) == (info.st_dev, info.st_ino)
-
-
-def _prepare(root: Path) -> tuple[Descriptor, ...]:
-    """Make ``root`` a layout (or check that it is one); the current entries.
-
-    Leftover temporary files of an interrupted export are removed.
-    """
-    layout = root / LAYOUT_FILE
-    if root.is_dir() and any(root.iterdir()) and not layout.exists():
-        raise StorageError(
-            f"{root} is not empty and not an OCI image layout: export into an empty "
-            "directory or an existing layout"
-        )
-    try:
-        existing: tuple[Descriptor, ...] = ()
-        if layout.exists():
-            parse_layout_file(layout.read_bytes(), str(root))
-            index = root / INDEX_FILE
-            if index.exists():
-                existing = parse_index(index.read_bytes(), str(root)).manifests
-    except LayoutInvalid as exc:
-        raise StorageError(f"cannot export into {root}: {exc.message}") from exc
-    tmp = root / TMP_DIR
-    shutil.rmtree(tmp, ignore_errors=True)
-    _make_dirs(tmp)
-    if not layout.exists():
-        temp = tmp / "oci-layout.tmp"
-        temp.write_text(json.dumps({"imageLayoutVersion": LAYOUT_VERSION}))
-        _publish(temp, layout)
-    return existing
-
-
-def _write_index(root: Path, existing: Sequence[Descriptor], entries: Sequence[Descriptor]) -> int:
-    """Replace ``index.json`` atomically: the old entries not renamed, then ``entries``."""
-    names = {e.annotations.get(REF_NAME) for e in entries if e.annotations} - {None}
-    digests = {e.digest for e in entries}
-    kept = []
-    for entry in existing:
-        name = entry.annotations.get(REF_NAME) if entry.annotations else None
-        if name in names or (name is None and entry.digest in digests):
-            continue
-        kept.append(entry)
-    doc = {
-        "schemaVersion": 2,
-        "mediaType": OCI_INDEX,
-        "manifests": [e.to_dict() for e in (*kept, *entries)],
-    }
-    data = json.dumps(doc, indent=2).encode() + b"\n"
-    for directory in (root / BLOBS_DIR).glob("*"):
-        _fsync_dir(directory)
-    temp = root / TMP_DIR / "index.json.tmp"
-    with open(temp, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    _publish(temp, root / INDEX_FILE)
-    shutil.rmtree(root / TMP_DIR, ignore_errors=True)
-    return len(data)
-
-
-def _publish(temp: Path, final: Path) -> None:
-    _make_dirs(final.parent)
-    os.replace(temp, final)
-    _fsync_dir(final.parent)
-
-
-def _flush_and_close(file: Any) -> None:
-    try:
-        file.flush()
-        os.fsync(file.fileno())
-    finally:
-        file.close()
-
-
-def _discard(file: Any, temp: Path) -> None:
-    file.close()
-    try:
-        os.unlink(temp)
-    except FileNotFoundError:
-        pass
-
-
-def _make_dirs(path: Path) -> None:
-    os.makedirs(path, exist_ok=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-async def _run(what: str, fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)`` in a worker thread; ``OSError`` as ``StorageError``."""
-    try:
-        return await anyio.to_thread.run_sync(fn, *args)
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        where = f" ({exc.filename})" if exc.filename else ""
-        raise StorageError(f"could not {what}: {reason}{where}") from exc

@@ -20,6 +20,8 @@ from collections.abc import AsyncGenerator, AsyncIterable, Callable, Mapping, Se
 from contextlib import aclosing
 from types import TracebackType
 
+import attrs
+
 from dockerconnect._chain import entered
 from dockerconnect._descriptor import Descriptor, Platform
 from dockerconnect._digest import Digest
@@ -350,6 +352,9 @@ class Resolver:
                     digest=manifest.digest,
                 )
             await self.manifests.put_manifest(repository, manifest)
+            if isinstance(ref, Digest) and ref != manifest.digest:
+                # Pushed by another algorithm's digest: retrievable by it too.
+                await self.manifests.put_manifest(repository, attrs.evolve(manifest, digest=ref))
             if isinstance(ref, str):
                 record = TagRecord(manifest.digest, manifest.media_type, self.clock())
                 await self.manifests.set_tag(repository, ref, record)

@@ -27,7 +27,7 @@ from dockerconnect._digest import Digest, DigestVerifier
 from dockerconnect._flight import BlobFlight, coalesce, copy_error
 from dockerconnect._policy import CachingPolicy
 from dockerconnect._protocols import BlobStore, Connector
-from dockerconnect._resolve.sources import Nobody, Sources, expect
+from dockerconnect._resolve.sources import Nobody, Sources, Stalled, expect
 from dockerconnect._resolve.tasks import Tasks
 from dockerconnect._stats import ResolverStats
 from dockerconnect._stream import BlobStream
@@ -326,26 +326,51 @@ class BlobFetch:
         stream: BlobStream,
         sink: Sink,
     ) -> None:
-        """Pump ``stream``; when it breaks, resume from the first byte not yet received."""
+        """Pump ``stream``; when it breaks, resume from the first byte not yet received.
+
+        A broken transfer is resumed from the same connector; a stalled one
+        from the next connector that has the blob (content is addressed by
+        digest: any source's bytes at an offset are the same bytes, and the
+        whole is verified at the end). While no reader has been let in, a
+        stall fails the transfer instead, and the next source starts afresh.
+        """
         resumes = 0
         while True:
             try:
                 await self._pump(flight, connector, stream, sink)
                 return
             except UpstreamError as exc:
+                stalled = isinstance(exc, Stalled)
                 if isinstance(exc, DigestMismatch) or resumes >= MAX_RESUMES:
+                    raise
+                if stalled and flight.replaceable:
                     raise
                 resumes += 1
                 self._stats.resumes += 1
                 log.info(
-                    "resuming %s from %r at byte %d (%s)",
+                    "resuming %s at byte %d after %r failed (%s)",
                     flight.digest,
-                    connector.name,
                     flight.received,
+                    connector.name,
                     exc,
                 )
-                offset = flight.received
-                reopened = await self._sources.call(
+                order = [connector]
+                if stalled:
+                    others = self._sources.for_blob(repository, flight.digest)
+                    order = [c for c in others if c.name != connector.name]
+                resumed = await self._resume(repository, flight, order)
+                if resumed is None:
+                    raise
+                connector, stream = resumed
+
+    async def _resume(
+        self, repository: str, flight: BlobFlight, order: list[Connector]
+    ) -> tuple[Connector, BlobStream] | None:
+        """The first connector of ``order`` that sends the blob from where the flight is."""
+        offset = flight.received
+        for connector in order:
+            try:
+                stream = await self._sources.call(
                     connector,
                     "open_blob",
                     str(flight.digest),
@@ -353,9 +378,12 @@ class BlobFetch:
                         self._open_upstream, connector, repository, flight.digest, offset
                     ),
                 )
-                if reopened is None:
-                    raise
-                stream = reopened
+            except UpstreamError as exc:
+                self._sources.failed(connector, exc, str(flight.digest))
+                continue
+            if stream is not None:
+                return connector, stream
+        return None
 
     async def _pump(
         self, flight: BlobFlight, connector: Connector, stream: BlobStream, sink: Sink

@@ -35,7 +35,7 @@ from dockerconnect.errors import (
     UpstreamError,
 )
 
-__all__ = ["Found", "Nobody", "Sources", "expect"]
+__all__ = ["Found", "Nobody", "Sources", "Stalled", "expect"]
 
 log = logging.getLogger("dockerconnect.resolver")
 
@@ -101,6 +101,14 @@ def expect(connector: Connector, value: object, kind: type[T], what: str) -> T |
         f" not {kind.__name__} or None",
         connector=connector.name,
     )
+
+
+class Stalled(UpstreamError):
+    """A connector stayed silent for longer than the resolver's stall limit.
+
+    Unlike a broken transfer, a stalled one is not resumed from the same
+    connector: the next one is asked.
+    """
 
 
 class Sources:
@@ -205,10 +213,10 @@ class Sources:
             )
         return exc
 
-    def stalled(self, connector: Connector, what: str) -> UpstreamError:
+    def stalled(self, connector: Connector, what: str) -> Stalled:
         """The error for a connector silent for longer than the stall limit."""
         self._stats.stalls[connector.name] += 1
-        return UpstreamError(
+        return Stalled(
             f"connector {connector.name!r} sent nothing for {self.stall_timeout:g} s"
             f" while asked for {what}",
             connector=connector.name,

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Mapping, Sequence
 from contextlib import aclosing
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 
 import attrs
 
@@ -37,6 +37,7 @@ from dockerconnect._protocols import (
 )
 from dockerconnect._reference import parse_reference, validate_repository
 from dockerconnect._resolve.blobs import BlobFetch
+from dockerconnect._resolve.health import ConnectorHealth, HealthPolicy
 from dockerconnect._resolve.listing import Listing, check_paging
 from dockerconnect._resolve.manifests import Manifests, Resolved
 from dockerconnect._resolve.sources import Sources
@@ -81,7 +82,8 @@ class Resolver:
     long a connector may stay silent (no answer, no next chunk of a blob)
     before it counts as failed and the next one is asked.
     ``default_platform`` is the platform chosen from an index for a client
-    that cannot take an index (see :meth:`get_manifest`).
+    that cannot take an index (see :meth:`get_manifest`). ``health`` says
+    when a failing connector is skipped without being asked (``None``: never).
     """
 
     def __init__(
@@ -97,6 +99,7 @@ class Resolver:
         spool_dir: str | None = None,
         stall_timeout: float = STALL_TIMEOUT,
         default_platform: str = "linux/amd64",
+        health: HealthPolicy | None = HealthPolicy(),  # noqa: B008 - frozen, safe to share
     ) -> None:
         if not isinstance(name, str) or not name:
             raise InvalidInput("a resolver needs a non-empty name")
@@ -104,6 +107,8 @@ class Resolver:
             raise InvalidInput("stall_timeout must be a number of seconds")
         if stall_timeout <= 0:
             raise InvalidInput("stall_timeout must be a positive number of seconds")
+        if health is not None and not isinstance(health, HealthPolicy):
+            raise InvalidInput("health must be a HealthPolicy or None")
         self.name = name
         self.manifests = manifests
         self.blobs = blobs
@@ -113,9 +118,11 @@ class Resolver:
         self.clock = clock
         self.stats = ResolverStats()
         self.default_platform = Platform.parse(default_platform)
-        self._build(spool_dir, float(stall_timeout))
+        self._build(spool_dir, float(stall_timeout), health)
 
-    def _build(self, spool_dir: str | None, stall_timeout: float) -> None:
+    def _build(
+        self, spool_dir: str | None, stall_timeout: float, health: HealthPolicy | None
+    ) -> None:
         """The rooms this face delegates to, sharing the stats, clock and policy."""
         name, manifests, blobs = self.name, self.manifests, self.blobs
         self._tasks = Tasks(name)
@@ -126,6 +133,7 @@ class Resolver:
             clock=self._now,
             stats=self.stats,
             stall_timeout=stall_timeout,
+            health=health,
         )
         self._manifests = Manifests(
             name,
@@ -180,6 +188,12 @@ class Resolver:
     async def wait_idle(self) -> None:
         """Wait until no background work (shared fetches, eager caching) is running."""
         await self._tasks.wait_idle()
+
+    @property
+    def health(self) -> Mapping[str, ConnectorHealth]:
+        """Each current connector's health, by name (see :class:`HealthPolicy`)."""
+        tracker = self._sources.health
+        return MappingProxyType({c.name: tracker.view(c.name) for c in self.connectors})
 
     def policy_for(self, connector: str | None) -> CachingPolicy:
         """The policy for content from ``connector`` (its override, or the default)."""

@@ -34,6 +34,9 @@ class ResolverStats:
       connector stopped answering for longer than the resolver's stall limit.
     - ``names_dropped[connector]``: tag or repository names a connector listed
       that the distribution-spec grammar does not allow (never served).
+    - ``health_skips[connector]``: requests not made because the connector
+      was down; ``health_changes[(connector, state)]``: moves into ``state``
+      (``up``, ``down``, ``probing``).
     - ``listings_cached``: catalog requests answered from a connector's
       recently fetched listing instead of asking it again.
     """
@@ -45,6 +48,8 @@ class ResolverStats:
     bytes_from_upstream: Counter[str] = attrs.field(factory=Counter)
     stalls: Counter[str] = attrs.field(factory=Counter)
     names_dropped: Counter[str] = attrs.field(factory=Counter)
+    health_skips: Counter[str] = attrs.field(factory=Counter)
+    health_changes: Counter[tuple[str, str]] = attrs.field(factory=Counter)
     bytes_served: int = 0
     joined_waiters: int = 0
     stale_serves: int = 0

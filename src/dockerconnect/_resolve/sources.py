@@ -3,7 +3,8 @@
 For each connector that serves the repository, in the resolver's order:
 skip it if it recently said "not there" (a remembered miss), count the
 request, ask it (within the stall limit), record a failure or remember a
-miss, count a hit. When nobody has the item, :meth:`Nobody.error` gives the
+miss, count a hit. A connector that is down (:mod:`.health`) is skipped without
+I/O, as one that could not be asked. When nobody has the item, :meth:`Nobody.error` gives the
 most informative error: "not found" when every connector answered, the one
 connector's own ``UpstreamError`` when only one failed, else an
 ``UpstreamError`` naming each connector that could not be asked.
@@ -26,6 +27,7 @@ import cachetools
 from dockerconnect._digest import Digest
 from dockerconnect._policy import CachingPolicy
 from dockerconnect._protocols import Connector
+from dockerconnect._resolve.health import ConnectorDown, Health, HealthPolicy
 from dockerconnect._stats import ResolverStats
 from dockerconnect.errors import (
     ConnectorCycle,
@@ -123,8 +125,10 @@ class Sources:
         clock: Callable[[], float],
         stats: ResolverStats,
         stall_timeout: float,
+        health: HealthPolicy | None,
     ) -> None:
         self.owner = owner
+        self.health = Health(health, clock=clock, stats=stats)
         self._connectors = connectors
         self._policy_for = policy_for
         self._clock = clock
@@ -201,6 +205,9 @@ class Sources:
             self._stats.cycles_refused += 1
             log.info("connector %r refused a loop while resolving %s", connector.name, what)
             return exc
+        if isinstance(exc, ConnectorDown):
+            log.debug("connector %r is down: not asked for %s", connector.name, what)
+            return exc
         wrong = isinstance(exc, DigestMismatch)
         self._stats.failure(connector.name, wrong_bytes=wrong)
         if wrong:
@@ -226,10 +233,28 @@ class Sources:
         self, connector: Connector, request: str, what: str, fn: Callable[[], Awaitable[T]]
     ) -> T:
         """Count one request of kind ``request`` and make it within the stall limit."""
-        self._stats.request(connector.name, request)
-        with anyio.move_on_after(self.stall_timeout):
-            return await fn()
-        raise self.stalled(connector, what)
+        name = connector.name
+        self.health.admit(name)  # ConnectorDown, without I/O, while it is down
+        self._stats.request(name, request)
+        settled = False
+        try:
+            with anyio.move_on_after(self.stall_timeout):
+                result = await fn()
+                settled = True
+            if not settled:
+                raise self.stalled(connector, what)
+        except ConnectorCycle:
+            settled = True  # a refused loop says nothing about the connector's health
+            raise
+        except Exception as exc:
+            settled = True
+            self.health.failed(name, exc)
+            raise
+        finally:
+            if not settled:  # cancelled: a probe in flight gives its turn back
+                self.health.abandoned(name)
+        self.health.succeeded(name)
+        return result
 
     async def first(
         self,
@@ -273,8 +298,14 @@ class Sources:
                 continue
             try:
                 asked = await self.call(connector, request, what, functools.partial(ask, connector))
+            except Exception as exc:
+                failures[connector.name] = self.failed(connector, exc, what)
+                continue
+            try:
                 answer = None if asked is None else await use(connector, asked)
             except Exception as exc:
+                if not isinstance(exc, ConnectorCycle):
+                    self.health.failed(connector.name, exc)
                 failures[connector.name] = self.failed(connector, exc, what)
                 if fatal is not None and fatal(exc):
                     raise

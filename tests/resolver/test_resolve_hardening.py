@@ -683,3 +683,24 @@ def test_new_counters_are_exported() -> None:
     for key in ("stalls", "names_dropped", "listings_cached"):
         assert key in snapshot
     assert isinstance(stats.stalls, Counter)
+
+
+# -- issue 10: head_manifest honours per-connector overrides -------------------------------
+
+
+async def test_head_manifest_through_a_connector_whose_override_does_not_cache_manifests() -> None:
+    hub, other = FakeUpstream("hub"), FakeUpstream("other")
+    image = random_index(seed=61).children[0]
+    hub.add("app", image, tag="v1")
+    other.add("cached", image, tag="v1")
+    counted_hub, counted_other = CountingConnector(hub), CountingConnector(other)
+    overrides = {"hub": CachingPolicy(cache_manifests=False)}
+    async with make_resolver(counted_hub, counted_other, overrides=overrides) as r:
+        descriptor = await r.head_manifest("app", "v1")
+        assert descriptor.digest == image.manifest.digest
+        assert counted_hub.calls == Counter({"head_manifest": 1})
+        assert await r.manifests.get_tag("app", "v1") is None
+        # A connector under the default policy is asked with a GET and cached.
+        assert (await r.head_manifest("cached", "v1")).digest == image.manifest.digest
+        assert counted_other.calls["get_manifest"] == 1
+        assert await r.manifests.get_tag("cached", "v1") is not None

@@ -37,6 +37,7 @@ from dockerconnect._protocols import (
 )
 from dockerconnect._reference import parse_reference, validate_repository
 from dockerconnect._resolve.blobs import BlobFetch
+from dockerconnect._resolve.context import Context
 from dockerconnect._resolve.health import ConnectorHealth, HealthPolicy
 from dockerconnect._resolve.listing import Listing, check_paging
 from dockerconnect._resolve.manifests import Manifests, Resolved
@@ -135,33 +136,10 @@ class Resolver:
             stall_timeout=stall_timeout,
             health=health,
         )
-        self._manifests = Manifests(
-            name,
-            store=manifests,
-            tasks=self._tasks,
-            clock=self._now,
-            sources=self._sources,
-            stats=self.stats,
-            policy_for=self.policy_for,
-        )
-        self._blobs = BlobFetch(
-            name,
-            store=blobs,
-            tasks=self._tasks,
-            spool_dir=spool_dir,
-            sources=self._sources,
-            stats=self.stats,
-            policy_for=self.policy_for,
-        )
-        self._listing = Listing(
-            name,
-            store=manifests,
-            clock=self._now,
-            connectors=lambda: self.connectors,
-            sources=self._sources,
-            stats=self.stats,
-            policy_for=self.policy_for,
-        )
+        context = Context(name, self._sources, self._tasks, self.stats, self._now, self.policy_for)
+        self._manifests = Manifests(context, store=manifests)
+        self._blobs = BlobFetch(context, store=blobs, spool_dir=spool_dir)
+        self._listing = Listing(context, store=manifests, connectors=lambda: self.connectors)
         self._walks = Walks(self, manifests=self._manifests, blobs=self._blobs)
 
     def _now(self) -> float:

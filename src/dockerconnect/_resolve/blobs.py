@@ -25,11 +25,9 @@ from dockerconnect._chain import current_chain, waiting_for, would_deadlock
 from dockerconnect._descriptor import Descriptor
 from dockerconnect._digest import Digest, DigestVerifier
 from dockerconnect._flight import BlobFlight, coalesce, copy_error
-from dockerconnect._policy import CachingPolicy
 from dockerconnect._protocols import BlobStore, Connector
+from dockerconnect._resolve.context import Context
 from dockerconnect._resolve.sources import Nobody, Sources, Stalled, expect
-from dockerconnect._resolve.tasks import Tasks
-from dockerconnect._stats import ResolverStats
 from dockerconnect._stream import BlobStream
 from dockerconnect._together import together
 from dockerconnect.errors import (
@@ -58,23 +56,10 @@ Sink = Callable[[bytes], Awaitable[None]]
 class BlobFetch:
     """The resolver's blobs: its store first, then one shared flight per digest."""
 
-    def __init__(
-        self,
-        owner: str,
-        *,
-        store: BlobStore,
-        sources: Sources,
-        tasks: Tasks,
-        stats: ResolverStats,
-        policy_for: Callable[[str | None], CachingPolicy],
-        spool_dir: str | None,
-    ) -> None:
-        self.owner = owner
+    def __init__(self, context: Context, *, store: BlobStore, spool_dir: str | None) -> None:
+        self._ctx = context
+        self.owner = context.owner
         self.store = store
-        self._sources = sources
-        self._tasks = tasks
-        self._stats = stats
-        self._policy_for = policy_for
         self._spool_dir = spool_dir
         self._flights: dict[tuple[Digest, tuple[int, ...]], BlobFlight] = {}
 
@@ -92,7 +77,7 @@ class BlobFetch:
     async def stat(self, repository: str, digest: Digest) -> Descriptor:
         local = await self.store.stat(digest)
         if local is not None:
-            self._stats.hit(self.owner)
+            self._ctx.stats.hit(self.owner)
             return local
         flight = self._flight(digest)
         if flight is not None and flight.size is not None and flight.error is None:
@@ -102,8 +87,8 @@ class BlobFetch:
             found = await connector.stat_blob(repository, digest)
             return expect(connector, found, Descriptor, "stat_blob")
 
-        found = await self._sources.first(
-            self._sources.serving(repository),
+        found = await self._ctx.sources.first(
+            self._ctx.sources.serving(repository),
             kind="blob",
             request="stat_blob",
             repository=repository,
@@ -126,7 +111,7 @@ class BlobFetch:
         if self._flight(digest) is None:
             local = await self.store.open(digest, offset=offset)
             if local is not None:
-                self._stats.hit(self.owner)
+                self._ctx.stats.hit(self.owner)
                 return self._counted(local, offset, self.owner)
         flight = self._flight(digest)
         if flight is not None:
@@ -136,7 +121,7 @@ class BlobFetch:
                     connector=self.owner,
                     digest=digest,
                 )
-            self._stats.joined_waiters += 1
+            self._ctx.stats.joined_waiters += 1
         else:
             flight = self._start(repository, digest)
         return await self._join(flight, offset, partial)
@@ -159,11 +144,11 @@ class BlobFetch:
         except BaseException:
             flight.release()
             raise
-        return flight.stream(offset, on_bytes=self._stats.served, verified_only=partial)
+        return flight.stream(offset, on_bytes=self._ctx.stats.served, verified_only=partial)
 
     def _counted(self, stream: BlobStream, offset: int, source: str) -> BlobStream:
         return BlobStream(
-            stream.digest, stream.size, _counted(stream, self._stats.served), offset=offset,
+            stream.digest, stream.size, _counted(stream, self._ctx.stats.served), offset=offset,
             source=source,
         )  # fmt: skip
 
@@ -176,13 +161,13 @@ class BlobFetch:
             found = await connector.stat_blob(repository, digest)
             return expect(connector, found, Descriptor, "stat_blob")
 
-        for connector in self._sources.serving(repository):
+        for connector in self._ctx.sources.serving(repository):
             try:
-                found = await self._sources.call(
+                found = await self._ctx.sources.call(
                     connector, "stat_blob", str(digest), functools.partial(ask, connector)
                 )
             except Exception as exc:
-                self._sources.failed(connector, exc, str(digest))
+                self._ctx.sources.failed(connector, exc, str(digest))
                 continue
             if found is not None:
                 return connector.name
@@ -207,7 +192,7 @@ class BlobFetch:
             return
         flight = self._flight(digest)
         if flight is None:
-            self._stats.eager_fetches += 1
+            self._ctx.stats.eager_fetches += 1
             flight = self._start(repository, digest)
         await flight.finished.wait()
         if flight.error is not None:
@@ -219,7 +204,7 @@ class BlobFetch:
         flight = BlobFlight(digest, spool_dir=self._spool_dir)
         key = (digest, current_chain())
         self._flights[key] = flight
-        self._tasks.spawn(self._fly, key, repository, flight, pin, work=flight)
+        self._ctx.tasks.spawn(self._fly, key, repository, flight, pin, work=flight)
         return flight
 
     async def _fly(
@@ -242,8 +227,8 @@ class BlobFetch:
                 await self._transfer(repository, flight, connector, stream, pin)
                 return True
 
-            found = await self._sources.first_then(
-                self._sources.for_blob(repository, digest),
+            found = await self._ctx.sources.first_then(
+                self._ctx.sources.for_blob(repository, digest),
                 kind="blob",
                 request="open_blob",
                 repository=repository,
@@ -283,7 +268,7 @@ class BlobFetch:
     ) -> None:
         digest = flight.digest
         size = stream.size
-        cache = pin or self._policy_for(connector.name).caches_blob(size)
+        cache = pin or self._ctx.policy_for(connector.name).caches_blob(size)
         try:
             async with AsyncExitStack() as stack:
                 stack.push_async_callback(stream.aclose)
@@ -306,7 +291,7 @@ class BlobFetch:
                     verifier.verify()
                 flight.mark_verified(cached=cache)
         except DigestMismatch as exc:
-            self._sources.suspect(connector, digest)
+            self._ctx.sources.suspect(connector, digest)
             log.warning("connector %r sent wrong bytes for %s: %s", connector.name, digest, exc)
             raise UpstreamDigestMismatch(
                 f"connector {connector.name!r} sent bytes that do not match {digest}",
@@ -346,7 +331,7 @@ class BlobFetch:
                 if stalled and flight.replaceable:
                     raise
                 resumes += 1
-                self._stats.resumes += 1
+                self._ctx.stats.resumes += 1
                 log.info(
                     "resuming %s at byte %d after %r failed (%s)",
                     flight.digest,
@@ -356,7 +341,7 @@ class BlobFetch:
                 )
                 order = [connector]
                 if stalled:
-                    others = self._sources.for_blob(repository, flight.digest)
+                    others = self._ctx.sources.for_blob(repository, flight.digest)
                     order = [c for c in others if c.name != connector.name]
                 resumed = await self._resume(repository, flight, order)
                 if resumed is None:
@@ -370,7 +355,7 @@ class BlobFetch:
         offset = flight.received
         for connector in order:
             try:
-                stream = await self._sources.call(
+                stream = await self._ctx.sources.call(
                     connector,
                     "open_blob",
                     str(flight.digest),
@@ -379,7 +364,7 @@ class BlobFetch:
                     ),
                 )
             except UpstreamError as exc:
-                self._sources.failed(connector, exc, str(flight.digest))
+                self._ctx.sources.failed(connector, exc, str(flight.digest))
                 continue
             if stream is not None:
                 return connector, stream
@@ -402,7 +387,9 @@ class BlobFetch:
             try:
                 async with (
                     send,
-                    aclosing(_guarded(stream, connector, self._sources, flight.digest)) as guarded,
+                    aclosing(
+                        _guarded(stream, connector, self._ctx.sources, flight.digest)
+                    ) as guarded,
                     aclosing(coalesce(guarded)) as chunks,
                 ):
                     async for chunk in chunks:
@@ -444,7 +431,7 @@ class BlobFetch:
                 digest=flight.digest,
             )
         await together(lambda: flight.append(chunk), lambda: sink(chunk))
-        self._stats.received(connector.name, len(chunk))
+        self._ctx.stats.received(connector.name, len(chunk))
 
 
 def _skip(flight: BlobFlight, connector: Connector, stream: BlobStream) -> int:

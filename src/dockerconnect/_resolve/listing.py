@@ -16,11 +16,10 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 
-from dockerconnect._policy import CachingPolicy
 from dockerconnect._protocols import Connector, ManifestStore
 from dockerconnect._reference import validate_repository, validate_tag
-from dockerconnect._resolve.sources import Nobody, Sources
-from dockerconnect._stats import ResolverStats
+from dockerconnect._resolve.context import Context
+from dockerconnect._resolve.sources import Nobody
 from dockerconnect.errors import InvalidInput, NameUnknown, PaginationInvalid, UpstreamError
 
 __all__ = ["Listing", "check_paging", "page"]
@@ -49,23 +48,12 @@ class Listing:
     """Merged listings over the resolver's store and connectors."""
 
     def __init__(
-        self,
-        owner: str,
-        *,
-        store: ManifestStore,
-        sources: Sources,
-        stats: ResolverStats,
-        clock: Callable[[], float],
-        connectors: Callable[[], list[Connector]],
-        policy_for: Callable[[str | None], CachingPolicy],
+        self, context: Context, *, store: ManifestStore, connectors: Callable[[], list[Connector]]
     ) -> None:
-        self.owner = owner
+        self._ctx = context
+        self.owner = context.owner
         self.store = store
-        self._sources = sources
-        self._stats = stats
-        self._clock = clock
         self._connectors = connectors
-        self._policy_for = policy_for
         #: Each connector's catalog and until when it is reused, by connector name.
         self._catalogs: dict[str, tuple[float, list[str]]] = {}
 
@@ -74,7 +62,7 @@ class Listing:
         merged = set(local or [])
         known = local is not None
         failures: dict[str, BaseException] = {}
-        for connector in self._sources.serving(repository):
+        for connector in self._ctx.sources.serving(repository):
             listed = await self._ask(
                 connector, "tags", f"tags of {repository}", failures,
                 functools.partial(connector.tags, repository),
@@ -106,17 +94,17 @@ class Listing:
     async def _catalog(
         self, connector: Connector, failures: dict[str, BaseException]
     ) -> list[str] | None:
-        now = self._clock()
+        now = self._ctx.clock()
         held = self._catalogs.get(connector.name)
         if held is not None and now < held[0]:
-            self._stats.listings_cached += 1
+            self._ctx.stats.listings_cached += 1
             return held[1]
         listed = await self._ask(connector, "repositories", "the catalog", failures,
                                  connector.repositories)  # fmt: skip
         if listed is None:
             return None
         names = self._valid(connector, listed, validate_repository, "repository")
-        expiry = self._policy_for(connector.name).listing_expiry(now)
+        expiry = self._ctx.policy_for(connector.name).listing_expiry(now)
         if expiry is not None:
             self._catalogs[connector.name] = (expiry, names)
         return names
@@ -131,14 +119,14 @@ class Listing:
     ) -> list[str] | None:
         """One connector's listing; ``None`` (skipped, logged, counted) if it has none."""
         try:
-            listed: object = await self._sources.call(connector, request, what, fn)
+            listed: object = await self._ctx.sources.call(connector, request, what, fn)
             if listed is not None and not isinstance(listed, list):
                 raise UpstreamError(
                     f"connector {connector.name!r} listed a {type(listed).__name__}, not a list",
                     connector=connector.name,
                 )
         except Exception as exc:
-            failures[connector.name] = self._sources.failed(connector, exc, what)
+            failures[connector.name] = self._ctx.sources.failed(connector, exc, what)
             self._skip(connector, "could not be asked")
             return None
         if listed is None:
@@ -156,12 +144,12 @@ class Listing:
                     raise InvalidInput(f"not a string: {type(name).__name__}")
                 out.append(validate(name))
             except InvalidInput as exc:
-                self._stats.names_dropped[connector.name] += 1
+                self._ctx.stats.names_dropped[connector.name] += 1
                 log.warning("connector %r listed an invalid %s name: %s", connector.name, kind, exc)
         return out
 
     def _skip(self, connector: Connector, why: str) -> None:
-        self._stats.listings_skipped += 1
+        self._ctx.stats.listings_skipped += 1
         log.info("listing skipped connector %r: it %s", connector.name, why)
 
 

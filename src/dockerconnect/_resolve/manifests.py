@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 
 import attrs
 from typing_extensions import assert_never
@@ -28,9 +28,8 @@ from dockerconnect._digest import Digest
 from dockerconnect._manifest import MANIFEST_MEDIA_TYPES, Manifest, base_media_type
 from dockerconnect._policy import CachingPolicy, StaleDecision, TagDecision
 from dockerconnect._protocols import Connector, ManifestStore, TagRecord
-from dockerconnect._resolve.sources import Found, Nobody, Sources, expect
-from dockerconnect._resolve.tasks import Tasks
-from dockerconnect._stats import ResolverStats
+from dockerconnect._resolve.context import Context
+from dockerconnect._resolve.sources import Found, Nobody, expect
 from dockerconnect.errors import DigestMismatch, ManifestUnknown
 
 __all__ = ["Manifests", "Resolved"]
@@ -55,24 +54,10 @@ class Resolved:
 class Manifests:
     """The resolver's manifests: its store first, then the connectors."""
 
-    def __init__(
-        self,
-        owner: str,
-        *,
-        store: ManifestStore,
-        sources: Sources,
-        tasks: Tasks,
-        stats: ResolverStats,
-        clock: Callable[[], float],
-        policy_for: Callable[[str | None], CachingPolicy],
-    ) -> None:
-        self.owner = owner
+    def __init__(self, context: Context, *, store: ManifestStore) -> None:
+        self._ctx = context
+        self.owner = context.owner
         self.store = store
-        self._sources = sources
-        self._tasks = tasks
-        self._stats = stats
-        self._clock = clock
-        self._policy_for = policy_for
 
     # -- resolving -----------------------------------------------------------------
 
@@ -81,7 +66,7 @@ class Manifests:
         if isinstance(ref, Digest):
             local = await self.store.get_manifest(repository, ref)
             if local is not None:
-                self._stats.hit(self.owner)
+                self._ctx.stats.hit(self.owner)
                 if local.digest.algorithm != "sha256":
                     # Stored under another algorithm's digest (a push by it):
                     # served as what it is, a manifest whose digest is its sha256.
@@ -91,11 +76,11 @@ class Manifests:
         record = await self.store.get_tag(repository, ref)
         if record is None:
             return await self._fetch_shared(repository, ref)
-        decision = self._policy_for(record.source).tag_decision(record, self._clock())
+        decision = self._ctx.policy_for(record.source).tag_decision(record, self._ctx.clock())
         if decision is TagDecision.FRESH:
             local = await self.store.get_manifest(repository, record.digest)
             if local is not None:
-                self._stats.hit(self.owner)
+                self._ctx.stats.hit(self.owner)
                 return Resolved(local, self.owner)
             if record.local:
                 raise ManifestUnknown(
@@ -105,7 +90,7 @@ class Manifests:
                 )
             return await self._fetch_shared(repository, ref)
         if decision is TagDecision.REVALIDATE:
-            return await self._tasks.shared(
+            return await self._ctx.tasks.shared(
                 ("revalidate", repository, ref, current_chain()),
                 lambda: self._revalidate(repository, ref, record),
             )
@@ -117,14 +102,14 @@ class Manifests:
         return await self.store.get_tag(repository, ref) is not None
 
     def _fetch_shared(self, repository: str, ref: Digest | str) -> Awaitable[Resolved]:
-        return self._tasks.shared(
+        return self._ctx.tasks.shared(
             ("manifest", repository, str(ref), current_chain()),
             lambda: self._fetch(repository, ref),
         )
 
     async def _fetch(self, repository: str, ref: Digest | str) -> Resolved:
-        found = await self._sources.first(
-            self._sources.serving(repository),
+        found = await self._ctx.sources.first(
+            self._ctx.sources.serving(repository),
             kind="manifest",
             request="get_manifest",
             repository=repository,
@@ -154,14 +139,14 @@ class Manifests:
 
     async def _keep(self, repository: str, ref: Digest | str, found: Found[Manifest]) -> Resolved:
         manifest, connector = found.value, found.connector
-        policy = self._policy_for(connector.name)
+        policy = self._ctx.policy_for(connector.name)
         if policy.cache_manifests:
             await self.store.put_manifest(repository, manifest)
             if isinstance(ref, str):
                 existing = await self.store.get_tag(repository, ref)
                 if existing is None or not existing.local:
                     record = TagRecord(
-                        manifest.digest, manifest.media_type, self._clock(), connector.name
+                        manifest.digest, manifest.media_type, self._ctx.clock(), connector.name
                     )
                     await self.store.set_tag(repository, ref, record)
         return Resolved(manifest, connector.name, fetched=True, policy=policy)
@@ -170,8 +155,8 @@ class Manifests:
 
     async def _revalidate(self, repository: str, tag: str, record: TagRecord) -> Resolved:
         """HEAD the tag where it came from, then the others; compare digests."""
-        self._stats.revalidations += 1
-        order = self._sources.source_first(repository, record.source)
+        self._ctx.stats.revalidations += 1
+        order = self._ctx.sources.source_first(repository, record.source)
 
         async def head(connector: Connector) -> Descriptor | None:
             found = await connector.head_manifest(repository, tag)
@@ -182,14 +167,14 @@ class Manifests:
                 local = await self.store.get_manifest(repository, record.digest)
                 if local is not None:
                     confirmed = TagRecord(
-                        record.digest, local.media_type, self._clock(), connector.name
+                        record.digest, local.media_type, self._ctx.clock(), connector.name
                     )
                     await self.store.set_tag(repository, tag, confirmed)
-                    self._stats.hit(self.owner)
+                    self._ctx.stats.hit(self.owner)
                     return Resolved(local, self.owner)
             # Changed (or lost locally): fetch the new content by its digest,
             # which is immutable and verifiable, then move the tag.
-            manifest = await self._sources.call(
+            manifest = await self._ctx.sources.call(
                 connector, "get_manifest", f"{repository}:{tag}",
                 lambda: self._get(connector, repository, found.digest),
             )  # fmt: skip
@@ -197,7 +182,7 @@ class Manifests:
                 return None
             return await self._keep(repository, tag, Found(connector, manifest))
 
-        outcome = await self._sources.first_then(
+        outcome = await self._ctx.sources.first_then(
             order,
             kind="manifest",
             request="head_manifest",
@@ -222,11 +207,11 @@ class Manifests:
     async def _unconfirmed(
         self, repository: str, tag: str, record: TagRecord, outcome: Nobody
     ) -> Resolved:
-        decision = self._policy_for(record.source).stale_decision(record, self._clock())
+        decision = self._ctx.policy_for(record.source).stale_decision(record, self._ctx.clock())
         if decision is StaleDecision.SERVE_STALE:
             local = await self.store.get_manifest(repository, record.digest)
             if local is not None:
-                self._stats.stale_serves += 1
+                self._ctx.stats.stale_serves += 1
                 log.warning("serving stale tag %s:%s (every upstream failed)", repository, tag)
                 return Resolved(local, self.owner)
         elif decision is StaleDecision.FAIL:
@@ -251,7 +236,7 @@ class Manifests:
         """
 
         async def head(connector: Connector) -> Descriptor | None:
-            if self._policy_for(connector.name).cache_manifests:
+            if self._ctx.policy_for(connector.name).cache_manifests:
                 manifest = await self._get(connector, repository, ref)
                 if manifest is None:
                     return None
@@ -265,8 +250,8 @@ class Manifests:
                 raise DigestMismatch(f"HEAD answered {found.digest} for {ref}", digest=ref)
             return found
 
-        outcome = await self._sources.first_then(
-            self._sources.serving(repository),
+        outcome = await self._ctx.sources.first_then(
+            self._ctx.sources.serving(repository),
             kind="manifest",
             request="head_manifest",
             repository=repository,
@@ -285,14 +270,14 @@ class Manifests:
         local = await self.store.get_manifest(repository, digest)
         if local is not None:
             return self.owner, local
-        for connector in self._sources.serving(repository):
+        for connector in self._ctx.sources.serving(repository):
             try:
-                found = await self._sources.call(
+                found = await self._ctx.sources.call(
                     connector, "get_manifest", str(digest),
                     functools.partial(self._get, connector, repository, digest),
                 )  # fmt: skip
             except Exception as exc:
-                self._sources.failed(connector, exc, str(digest))
+                self._ctx.sources.failed(connector, exc, str(digest))
                 continue
             if found is not None:
                 return connector.name, found

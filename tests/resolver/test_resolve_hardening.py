@@ -616,6 +616,33 @@ async def test_stall_after_readers_started_continues_from_the_next_connector() -
         assert await r.blobs.stat(digest) is not None
 
 
+class Trickles(FakeUpstream):
+    """Sends one byte every 10 ms: never silent, far too slow."""
+
+    async def open_blob(
+        self, repository: str, digest: Digest, *, offset: int = 0
+    ) -> BlobStream | None:
+        data = self._blobs[digest]
+        return BlobStream(digest, len(data), self._trickle(data[offset:]), offset=offset)
+
+    async def _trickle(self, data: bytes) -> AsyncIterator[bytes]:
+        for i in range(len(data)):
+            await anyio.sleep(0.01)
+            yield data[i : i + 1]
+
+
+async def test_trickling_first_connector_fails_over_to_the_second() -> None:
+    data = random_blob(64 * 1024, 9)
+    slow = Trickles("slow")
+    digest = slow.add_blob("app", data)
+    healthy = FakeUpstream("healthy")
+    healthy.add_blob("app", data)
+    async with make_resolver(slow, healthy, stall_timeout=0.2) as r:
+        assert await read_all(await r.open_blob("app", digest)) == data
+        assert r.stats.stalls["slow"] == 1
+        assert r.stats.hits["healthy"] == 1
+
+
 async def test_stall_timeout_must_be_positive() -> None:
     with pytest.raises(InvalidInput):
         make_resolver(stall_timeout=0)

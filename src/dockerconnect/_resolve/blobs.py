@@ -49,6 +49,9 @@ log = logging.getLogger("dockerconnect.resolver")
 MAX_RESUMES = 5
 #: Chunks received ahead of the one being stored (each up to about 1 MiB).
 READ_AHEAD = 4
+#: Bytes a second below which a transfer counts as stalled, averaged over a
+#: stall limit's worth of waiting for the connector (a trickling upstream).
+MIN_RATE = 1024
 
 Sink = Callable[[bytes], Awaitable[None]]
 
@@ -455,15 +458,20 @@ def _skip(flight: BlobFlight, connector: Connector, stream: BlobStream) -> int:
 async def _guarded(
     stream: AsyncIterable[bytes], connector: Connector, sources: Sources, digest: Digest
 ) -> AsyncGenerator[bytes, None]:
-    """A connector's chunks, checked: bytes only, within the stall limit, errors typed.
+    """A connector's chunks, checked: bytes only, errors typed, neither silent nor trickling.
 
     A third-party connector's stream is a plugin: a plain exception from it
     (``ConnectionResetError``) becomes an ``UpstreamError`` naming the
-    connector, so the transfer is resumed as for any broken transfer.
+    connector, so the transfer is resumed as for any broken transfer. No
+    chunk for the stall limit, or less than :data:`MIN_RATE` bytes a second
+    over a stall limit's worth of waiting, is a :class:`Stalled` transfer.
+    Only time spent waiting for the connector counts, not our own writing.
     """
     iterator = aiter(stream)
+    window_bytes, window_wait = 0, 0.0
     while True:
         chunk: object = None
+        started = anyio.current_time()
         try:
             with anyio.move_on_after(sources.stall_timeout):
                 chunk = await anext(iterator)
@@ -479,13 +487,27 @@ async def _guarded(
             ) from exc
         if chunk is None:
             raise sources.stalled(connector, str(digest))
-        if not isinstance(chunk, (bytes, bytearray, memoryview)):
-            raise UpstreamError(
-                f"connector {connector.name!r} sent a {type(chunk).__name__} chunk, not bytes",
-                connector=connector.name,
-                digest=digest,
-            )
-        yield chunk if isinstance(chunk, bytes) else bytes(chunk)
+        data = _as_bytes(connector, digest, chunk)
+        window_bytes += len(data)
+        window_wait += anyio.current_time() - started
+        if window_wait >= sources.stall_timeout:
+            if window_bytes < MIN_RATE * window_wait:
+                rate = f"{window_bytes / window_wait:.0f} bytes/s"
+                raise sources.stalled(connector, str(digest), trickle=rate)
+            window_bytes, window_wait = 0, 0.0
+        yield data
+
+
+def _as_bytes(connector: Connector, digest: Digest, chunk: object) -> bytes:
+    if isinstance(chunk, bytes):
+        return chunk
+    if isinstance(chunk, (bytearray, memoryview)):
+        return bytes(chunk)
+    raise UpstreamError(
+        f"connector {connector.name!r} sent a {type(chunk).__name__} chunk, not bytes",
+        connector=connector.name,
+        digest=digest,
+    )
 
 
 async def _counted(stream: BlobStream, count: Callable[[int], None]) -> AsyncIterator[bytes]:

@@ -220,12 +220,12 @@ class Sources:
             )
         return exc
 
-    def stalled(self, connector: Connector, what: str) -> Stalled:
-        """The error for a connector silent for longer than the stall limit."""
+    def stalled(self, connector: Connector, what: str, *, trickle: str | None = None) -> Stalled:
+        """The error for a connector silent (or trickling) for longer than the stall limit."""
         self._stats.stalls[connector.name] += 1
+        how = f"sent only {trickle}" if trickle else f"sent nothing for {self.stall_timeout:g} s"
         return Stalled(
-            f"connector {connector.name!r} sent nothing for {self.stall_timeout:g} s"
-            f" while asked for {what}",
+            f"connector {connector.name!r} {how} while asked for {what}",
             connector=connector.name,
         )
 

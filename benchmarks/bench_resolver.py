@@ -16,6 +16,11 @@ What is measured (asyncio, one process, 2 cores shared by everything):
 - **fan-out**: 1, 10 and 100 concurrent readers of one cold blob: wall time,
   upstream transfers (must be 1) and peak RSS growth (``VmHWM`` reset through
   ``/proc/self/clear_refs``), which must not grow with the reader count.
+- **stall failover**: the first connector answers ``open_blob`` and then
+  never sends a byte (or sends 2 MiB, then nothing); the second is healthy.
+  Two clients (the second 50 ms after the first, joining the same fetch)
+  get the whole blob; the time each took, against the resolver's
+  ``stall_timeout``.
 
 Each figure is the median of several repetitions. Results go to
 ``benchmarks/results/resolver.json`` and ``resolver.md``.
@@ -27,6 +32,7 @@ import argparse
 import gc
 import hashlib
 import json
+import math
 import os
 import platform
 import statistics
@@ -42,6 +48,7 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from dockerconnect import (
+    BlobStream,
     Connector,
     Digest,
     FilesystemBlobStore,
@@ -220,6 +227,73 @@ async def bench_fanout(
     return rows
 
 
+class Stalling(FakeUpstream):
+    """Sends ``after`` bytes of a blob, then nothing ever again."""
+
+    def __init__(self, name: str, after: int) -> None:
+        super().__init__(name)
+        self.after = after
+
+    async def open_blob(
+        self, repository: str, digest: Digest, *, offset: int = 0
+    ) -> BlobStream | None:
+        data = self._blobs[digest]
+        return BlobStream(digest, len(data), self._then_nothing(data[offset : self.after]))
+
+    async def _then_nothing(self, head: bytes) -> Any:
+        for start in range(0, len(head), MiB):
+            yield head[start : start + MiB]
+        await anyio.sleep(math.inf)
+
+
+async def bench_stall_failover(size: int, limits: list[float], root: Path) -> list[dict[str, Any]]:
+    data = os.urandom(size)
+    digest = Digest.from_bytes(data)
+    rows = []
+    for after in (0, 2 * MiB):
+        for limit in limits:
+            stuck = Stalling("stuck", after)
+            stuck.add_blob("app", data)
+            healthy = FakeUpstream("healthy", chunk_size=MiB)
+            healthy.add_blob("app", data)
+            d = Path(tempfile.mkdtemp(dir=root))
+            r = Resolver(
+                "local",
+                manifests=MemoryManifestStore(),
+                blobs=FilesystemBlobStore(d / "b"),
+                connectors=[stuck, healthy],
+                spool_dir=str(d),
+                stall_timeout=limit,
+            )
+            took: dict[str, float] = {}
+            async with r:
+
+                async def client(who: str, r: Resolver = r, took: dict[str, float] = took) -> None:
+                    start = time.perf_counter()
+                    async with await r.open_blob("app", digest) as stream:
+                        h = hashlib.sha256()
+                        async for chunk in stream:
+                            h.update(chunk)
+                    assert h.hexdigest() == digest.hex
+                    took[who] = time.perf_counter() - start
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(client, "first")
+                    await anyio.sleep(0.05)
+                    tg.start_soon(client, "joining")
+                assert r.stats.stalls["stuck"] == 1
+            rows.append(
+                {
+                    "stalls_after_mib": after / MiB,
+                    "stall_timeout_s": limit,
+                    "first_client_s": took["first"],
+                    "joining_client_s": took["joining"],
+                    "size_mib": size / MiB,
+                }
+            )
+    return rows
+
+
 def markdown(results: dict[str, Any]) -> str:
     out = ["### Warm manifest resolution", "", "| store | by | ops/s |", "|---|---|---:|"]
     for row in results["warm_manifests"]:
@@ -244,6 +318,19 @@ def markdown(results: dict[str, Any]) -> str:
         out.append(
             f"| {row['readers']} | {row['size_mib']:.0f} | {row['median_s']:.2f} | "
             f"{row['upstream_transfers']} | {row['peak_rss_growth_mib']:.1f} |"
+        )
+    out += [
+        "",
+        "### Stall failover: the first connector goes silent, the second is healthy",
+        "",
+        "| first source stalls after | stall_timeout s | first client s | joining client s |",
+        "|---:|---:|---:|---:|",
+    ]
+    for row in results["stall_failover"]:
+        out.append(
+            f"| {row['stalls_after_mib']:.0f} MiB of {row['size_mib']:.0f} | "
+            f"{row['stall_timeout_s']:.2f} | {row['first_client_s']:.2f} | "
+            f"{row['joining_client_s']:.2f} |"
         )
     return "\n".join(out) + "\n"
 
@@ -273,6 +360,9 @@ async def main(args: argparse.Namespace) -> None:
             [1, 10] if quick else [1, 10, 100],
             1 if quick else 3,
             root,
+        )
+        results["stall_failover"] = await bench_stall_failover(
+            4 * MiB if quick else 32 * MiB, [0.25] if quick else [0.25, 1.0, 2.0], root
         )
     text = markdown(results)
     print(text)

@@ -35,6 +35,7 @@ from dockerconnect._protocols import (
 )
 from dockerconnect._reference import Reference, validate_repository, validate_tag
 from dockerconnect._registry_connector import RegistryConnector
+from dockerconnect._resolve.health import ConnectorHealth, HealthPolicy
 from dockerconnect._resolver import Resolver
 from dockerconnect._stats import ResolverStats
 from dockerconnect._stream import BlobStream
@@ -56,12 +57,14 @@ __all__ = [
     "BlobWriter",
     "CachingPolicy",
     "Connector",
+    "ConnectorHealth",
     "Descriptor",
     "Digest",
     "DigestVerifier",
     "DockerConnectError",
     "FilesystemBlobStore",
     "FilesystemManifestStore",
+    "HealthPolicy",
     "IntegrityEntry",
     "IntegrityReport",
     "Manifest",

@@ -49,6 +49,8 @@ REPLAY_CHUNK = 256 * 1024
 #: until then a source that sends wrong bytes can be replaced unseen, and a
 #: small blob reaches its readers only verified.
 HOLD_FIRST = 1024 * 1024
+#: What :meth:`BlobFlight._replay` answers once the cache writer is gone.
+_COMMITTED = b"<committed>"
 
 
 async def coalesce(
@@ -97,26 +99,41 @@ class BlobFlight(Work):
         self._spool_dir = spool_dir
         self._spool: IO[bytes] | None = None
         self._read_back: ReadBack | None = None
-        #: Opens the committed blob from an offset (set by the resolver), for
-        #: readers still replaying when the cache writer closes.
-        self.reopen: Reopen | None = None
+        #: Opens the committed blob from an offset, for readers still
+        #: replaying when the cache writer closes.
+        self._reopen: Reopen | None = None
         self._tail: deque[tuple[int, bytes]] = deque()
         self._tail_bytes = 0
         self._readers = 0
 
     # -- the driving side ---------------------------------------------------
 
-    async def begin(self, size: int, source: str, *, read_back: ReadBack | None = None) -> None:
+    def held_locally(self, size: int, source: str) -> None:
+        """The blob turned out to be committed already: readers go to the store."""
+        self.size, self.source = size, source
+        self.cached = self.verified = True
+
+    async def begin(
+        self,
+        size: int,
+        source: str,
+        *,
+        read_back: ReadBack | None = None,
+        reopen: Reopen | None = None,
+    ) -> None:
         """A source answered with ``size`` bytes: start (or restart) receiving.
 
         Readers are let in (``ready``) only once :data:`HOLD_FIRST` bytes have
         arrived or the blob is verified, so a source that turns out to send
         wrong bytes early can still be replaced by the next one unseen.
+        ``read_back`` reads what the cache writer holds; ``reopen`` opens the
+        committed blob (both ``None`` when the blob is not cached).
         """
         assert not self.ready.is_set(), "a flight cannot restart once readers are in"
         self.size = size
         self.source = source
         self.received = 0
+        self._reopen = reopen
         self._tail.clear()
         self._tail_bytes = 0
         # A cache writer that can read back what it wrote is the replay buffer
@@ -176,8 +193,10 @@ class BlobFlight(Work):
             return min(self._tail[-1][0], size - 1)
         return min(self.received, size - 1)
 
-    def mark_verified(self) -> None:
-        """Every byte is in and matches the digest: release the last byte."""
+    def mark_verified(self, *, cached: bool) -> None:
+        """Every byte is in and matches the digest (and, if ``cached``, is
+        committed to the store): release the last byte."""
+        self.cached = cached
         self.verified = True
         self.ready.set()
         self._notify()
@@ -206,9 +225,18 @@ class BlobFlight(Work):
 
     # -- the reading side ---------------------------------------------------
 
-    def stream(self, offset: int, *, on_bytes: Callable[[int], None] | None = None) -> BlobStream:
+    def stream(
+        self,
+        offset: int,
+        *,
+        on_bytes: Callable[[int], None] | None = None,
+        verified_only: bool = False,
+    ) -> BlobStream:
         """A reader from ``offset``, in the place taken by :meth:`reserve`.
 
+        With ``verified_only`` the reader gets no byte before the whole blob
+        is verified: for a reader that may stop before the end (a range),
+        for whom holding back the last byte would prove nothing.
         Call once :attr:`ready` is set without error.
         """
         assert self.size is not None
@@ -220,7 +248,7 @@ class BlobFlight(Work):
         return BlobStream(
             self.digest,
             self.size,
-            _Reader(self, self._read(offset, on_bytes)),
+            _Reader(self, self._read(offset, on_bytes, verified_only)),
             offset=offset,
             source=self.source,
         )
@@ -240,7 +268,7 @@ class BlobFlight(Work):
         self._maybe_close()
 
     async def _read(
-        self, offset: int, on_bytes: Callable[[int], None] | None
+        self, offset: int, on_bytes: Callable[[int], None] | None, verified_only: bool
     ) -> AsyncGenerator[bytes, None]:
         assert self.size is not None
         size = self.size
@@ -248,28 +276,18 @@ class BlobFlight(Work):
         while True:
             if self.error is not None:
                 raise copy_error(self.error)
-            limit = self._release_limit(size)
+            limit = pos if verified_only and not self.verified else self._release_limit(size)
             if pos < limit:
-                data = self._from_tail(pos, limit)
-                if data is None and self._read_back is not None:
-                    try:
-                        data = await self._read_back(pos, min(limit - pos, REPLAY_CHUNK))
-                    except DockerConnectError:
-                        # The cache writer was committed (or failed) meanwhile:
-                        # the rest comes from the store, or the error is raised.
-                        async for chunk in self._from_store(pos, on_bytes):
-                            yield chunk
-                        return
-                    if not data:  # still in the writer's buffer: wait for more
-                        await self._progress.wait()
-                        continue
-                elif data is None:
-                    spool = self._spool
-                    assert spool is not None
-                    n = min(limit - pos, REPLAY_CHUNK)
-                    data = await anyio.to_thread.run_sync(os.pread, spool.fileno(), n, pos)
-                if not data:  # pragma: no cover - the spool never shrinks
-                    raise ResolverClosed("blob spool ended early", digest=self.digest)
+                data = await self._replay(pos, limit)
+                if data is _COMMITTED:
+                    # The cache writer was committed (or failed) meanwhile:
+                    # the rest comes from the store, or the error is raised.
+                    async for chunk in self._from_store(pos, on_bytes):
+                        yield chunk
+                    return
+                if not data:  # still in the writer's buffer: wait for more
+                    await self._progress.wait()
+                    continue
                 pos += len(data)
                 if on_bytes is not None:
                     on_bytes(len(data))
@@ -283,13 +301,33 @@ class BlobFlight(Work):
                 )
             await self._progress.wait()
 
+    async def _replay(self, pos: int, limit: int) -> bytes:
+        """Bytes at ``pos`` (before ``limit``): from the tail, the cache writer or
+        the spool; ``b""`` if the writer has not flushed them yet, and
+        :data:`_COMMITTED` once the writer is gone (read the store instead)."""
+        data = self._from_tail(pos, limit)
+        if data is not None:
+            return data
+        n = min(limit - pos, REPLAY_CHUNK)
+        if self._read_back is not None:
+            try:
+                return await self._read_back(pos, n)
+            except DockerConnectError:
+                return _COMMITTED
+        spool = self._spool
+        assert spool is not None
+        data = await anyio.to_thread.run_sync(os.pread, spool.fileno(), n, pos)
+        if not data:  # pragma: no cover - the spool never shrinks
+            raise ResolverClosed("blob spool ended early", digest=self.digest)
+        return data
+
     async def _from_store(
         self, pos: int, on_bytes: Callable[[int], None] | None
     ) -> AsyncGenerator[bytes, None]:
         await self.finished.wait()
         if self.error is not None:
             raise copy_error(self.error)
-        stream = await self.reopen(pos) if self.reopen is not None and self.cached else None
+        stream = await self._reopen(pos) if self._reopen is not None and self.cached else None
         if stream is None:
             raise ResolverClosed("the cached blob is gone", digest=self.digest)
         async with stream:

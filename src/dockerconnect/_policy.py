@@ -1,8 +1,11 @@
 """The caching policy: pure decisions over (record, now), no I/O.
 
 The :class:`~dockerconnect.Resolver` asks these functions what to do and
-matches on the answer exhaustively; the clock is injected, so every rule is
-testable without sleeping.
+matches on the answer exhaustively (``assert_never``); the clock is
+injected, so every rule is testable without sleeping. Every time rule lives
+here: tag freshness, serving stale, how long a miss is remembered, how long
+a source that sent wrong bytes is asked last, and how long a connector's
+catalog is reused.
 """
 
 from __future__ import annotations
@@ -71,6 +74,8 @@ class CachingPolicy:
     - ``max_blob_size``: larger blobs stream through without being cached.
     - ``pin_on_push``: a pushed manifest's content that exists only behind a
       connector is copied here before the push completes, so it never dangles.
+    - ``listing_ttl``: seconds a connector's catalog (``repositories()``) is
+      reused, so paging through a merged catalog asks each connector once.
     """
 
     cache_manifests: bool = True
@@ -82,6 +87,7 @@ class CachingPolicy:
     stale_if_error: float = attrs.field(default=math.inf, validator=_non_negative)
     max_blob_size: int | None = None
     pin_on_push: bool = False
+    listing_ttl: float = attrs.field(default=30.0, validator=_non_negative)
 
     def tag_decision(self, record: TagRecord, now: float) -> TagDecision:
         """Fresh while pushed here or confirmed less than ``tag_ttl`` ago."""
@@ -101,6 +107,16 @@ class CachingPolicy:
         if self.negative_ttl <= 0:
             return None
         return now + self.negative_ttl
+
+    def suspect_until(self, now: float) -> float:
+        """Until when a source that sent wrong bytes for a digest is asked last for it."""
+        return now + max(self.negative_ttl, 1.0)
+
+    def listing_expiry(self, now: float) -> float | None:
+        """Until when a connector's catalog is reused; ``None``: ask every time."""
+        if self.listing_ttl <= 0:
+            return None
+        return now + self.listing_ttl
 
     def caches_blob(self, size: int) -> bool:
         """Whether a blob of ``size`` bytes fetched through a connector is stored."""

@@ -45,7 +45,7 @@ import attrs
 from dockerconnect._digest import Digest
 from dockerconnect.errors import DigestInvalid, NameInvalid, TagInvalid
 
-__all__ = ["Reference", "validate_repository", "validate_tag"]
+__all__ = ["Reference", "parse_reference", "validate_repository", "validate_tag"]
 
 _DOCKER_HUB: Final = "docker.io"
 _LEGACY_DOCKER_HUB: Final = "index.docker.io"
@@ -101,6 +101,21 @@ def validate_repository(name: str) -> str:
     if problem is not None:
         raise NameInvalid(problem)
     return name
+
+
+def parse_reference(reference: str) -> Digest | str:
+    """A manifest reference as the API takes it: a digest if it contains ``:``, else a tag.
+
+    The digest's algorithm must be verifiable (``Unsupported`` otherwise), so
+    a request that could never be checked fails before any I/O.
+    """
+    if not isinstance(reference, str):
+        raise TagInvalid(f"reference must be a string, not {type(reference).__name__}")
+    if ":" in reference:
+        digest = Digest.parse(reference)
+        digest.hasher()
+        return digest
+    return validate_tag(reference)
 
 
 def validate_tag(tag: str) -> str:

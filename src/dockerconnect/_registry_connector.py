@@ -11,7 +11,7 @@ from dockerconnect._digest import Digest
 from dockerconnect._manifest import Manifest
 from dockerconnect._protocols import Registry
 from dockerconnect._stream import BlobStream
-from dockerconnect.errors import BlobUnknown, ConnectorCycle, ManifestUnknown, NameUnknown, NotFound
+from dockerconnect.errors import BlobUnknown, ConnectorCycle, ManifestUnknown, NotFound
 
 __all__ = ["RegistryConnector", "matches_patterns"]
 
@@ -104,7 +104,7 @@ class RegistryConnector:
         with entered(self.registry):
             try:
                 return await self.registry.tags(repository)
-            except (NameUnknown, NotFound):
+            except NotFound:  # NameUnknown among them: nothing to list
                 return []
 
     async def repositories(self) -> list[str] | None:

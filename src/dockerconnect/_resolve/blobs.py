@@ -1,0 +1,517 @@
+"""The blob fetch: one shared flight per digest, driven in the background.
+
+A flight asks the serving connectors in order (the sources loop), streams
+the first answer into the cache writer (or a verifier, when the policy does
+not cache it) and into its :class:`~dockerconnect._flight.BlobFlight` for
+readers, resumes a broken transfer with a range request, and fails over to
+the next connector while no reader has been let in. A connector that sends
+nothing for the stall limit is abandoned like a broken one.
+
+Flights are keyed by digest and by the chain of registries the request came
+through: a fetch started where some registry counted as a loop (and so as a
+miss) is never handed to a caller for whom that registry is a valid source.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, aclosing
+
+import anyio
+
+from dockerconnect._chain import current_chain, waiting_for, would_deadlock
+from dockerconnect._descriptor import Descriptor
+from dockerconnect._digest import Digest, DigestVerifier
+from dockerconnect._flight import BlobFlight, coalesce, copy_error
+from dockerconnect._protocols import BlobStore, Connector
+from dockerconnect._resolve.context import Context
+from dockerconnect._resolve.sources import Nobody, Sources, Stalled, expect
+from dockerconnect._stream import BlobStream
+from dockerconnect._together import together
+from dockerconnect.errors import (
+    BlobUnknown,
+    ConnectorCycle,
+    DigestMismatch,
+    DockerConnectError,
+    NotFound,
+    ResolverClosed,
+    UpstreamDigestMismatch,
+    UpstreamError,
+)
+
+__all__ = ["BlobFetch"]
+
+log = logging.getLogger("dockerconnect.resolver")
+
+#: How many times a broken upstream transfer is resumed before giving up.
+MAX_RESUMES = 5
+#: Chunks received ahead of the one being stored (each up to about 1 MiB).
+READ_AHEAD = 4
+#: Bytes a second below which a transfer counts as stalled, averaged over a
+#: stall limit's worth of waiting for the connector (a trickling upstream).
+MIN_RATE = 1024
+
+Sink = Callable[[bytes], Awaitable[None]]
+
+
+class BlobFetch:
+    """The resolver's blobs: its store first, then one shared flight per digest."""
+
+    def __init__(self, context: Context, *, store: BlobStore, spool_dir: str | None) -> None:
+        self._ctx = context
+        self.owner = context.owner
+        self.store = store
+        self._spool_dir = spool_dir
+        self._flights: dict[tuple[Digest, tuple[int, ...]], BlobFlight] = {}
+
+    def close(self) -> None:
+        """The resolver closed: every flight still in the air ends with ``ResolverClosed``."""
+        for flight in list(self._flights.values()):
+            flight.finish(ResolverClosed(f"resolver {self.owner!r} closed"))
+        self._flights.clear()
+
+    def _flight(self, digest: Digest) -> BlobFlight | None:
+        return self._flights.get((digest, current_chain()))
+
+    # -- reading -----------------------------------------------------------------
+
+    async def stat(self, repository: str, digest: Digest) -> Descriptor:
+        local = await self.store.stat(digest)
+        if local is not None:
+            self._ctx.stats.hit(self.owner)
+            return local
+        flight = self._flight(digest)
+        if flight is not None and flight.size is not None and flight.error is None:
+            return Descriptor("application/octet-stream", digest, flight.size)
+
+        async def ask(connector: Connector) -> Descriptor | None:
+            found = await connector.stat_blob(repository, digest)
+            return expect(connector, found, Descriptor, "stat_blob")
+
+        found = await self._ctx.sources.first(
+            self._ctx.sources.serving(repository),
+            kind="blob",
+            request="stat_blob",
+            repository=repository,
+            ref=str(digest),
+            ask=ask,
+        )
+        if isinstance(found, Nobody):
+            raise found.error(BlobUnknown, f"blob {digest}", repository=repository, digest=digest)
+        return found.value
+
+    async def open(
+        self, repository: str, digest: Digest, offset: int, *, partial: bool
+    ) -> BlobStream:
+        """The blob from ``offset``: from the store, or by joining (or starting) a flight.
+
+        A ``partial`` read (a range: it may stop before the end) of a blob
+        not yet held gets its bytes only once the flight has verified the
+        whole blob, so no unverified byte is ever served.
+        """
+        if self._flight(digest) is None:
+            local = await self.store.open(digest, offset=offset)
+            if local is not None:
+                self._ctx.stats.hit(self.owner)
+                return self._counted(local, offset, self.owner)
+        flight = self._flight(digest)
+        if flight is not None:
+            if would_deadlock(flight):
+                raise ConnectorCycle(
+                    f"request for {digest} would wait on itself through {self.owner!r}",
+                    connector=self.owner,
+                    digest=digest,
+                )
+            self._ctx.stats.joined_waiters += 1
+        else:
+            flight = self._start(repository, digest)
+        return await self._join(flight, offset, partial)
+
+    async def _join(self, flight: BlobFlight, offset: int, partial: bool) -> BlobStream:
+        flight.reserve()
+        try:
+            with waiting_for(flight):
+                await flight.ready.wait()
+            if flight.error is not None or flight.size is None:
+                assert flight.error is not None
+                raise copy_error(flight.error)
+            if flight.cached and flight.done:
+                # Fetched (or found) and committed before this reader was let
+                # in: read the store, but say where the bytes came from.
+                local = await self.store.open(flight.digest, offset=offset)
+                if local is not None:
+                    flight.release()
+                    return self._counted(local, offset, flight.source)
+        except BaseException:
+            flight.release()
+            raise
+        return flight.stream(offset, on_bytes=self._ctx.stats.served, verified_only=partial)
+
+    def _counted(self, stream: BlobStream, offset: int, source: str) -> BlobStream:
+        return BlobStream(
+            stream.digest, stream.size, _counted(stream, self._ctx.stats.served), offset=offset,
+            source=source,
+        )  # fmt: skip
+
+    async def location(self, repository: str, digest: Digest) -> str | None:
+        """Where the blob is: here, a connector's name, or ``None``. Nothing is cached."""
+        if await self.store.stat(digest) is not None:
+            return self.owner
+
+        async def ask(connector: Connector) -> Descriptor | None:
+            found = await connector.stat_blob(repository, digest)
+            return expect(connector, found, Descriptor, "stat_blob")
+
+        for connector in self._ctx.sources.serving(repository):
+            try:
+                found = await self._ctx.sources.call(
+                    connector, "stat_blob", str(digest), functools.partial(ask, connector)
+                )
+            except Exception as exc:
+                self._ctx.sources.failed(connector, exc, str(digest))
+                continue
+            if found is not None:
+                return connector.name
+        return None
+
+    # -- copying here ------------------------------------------------------------
+
+    async def pin(self, repository: str, digest: Digest) -> bool:
+        """Copy a blob here through a shared fetch; whether it is now held here."""
+        for _ in range(2):
+            flight = self._flight(digest) or self._start(repository, digest, pin=True)
+            await flight.finished.wait()
+            if await self.store.stat(digest) is not None:
+                return True
+            if flight.error is not None and not isinstance(flight.error, NotFound):
+                raise copy_error(flight.error)
+        return False
+
+    async def prefetch(self, repository: str, digest: Digest) -> None:
+        """Cache a blob in the background (eager caching); errors are logged."""
+        if await self.store.stat(digest) is not None:
+            return
+        flight = self._flight(digest)
+        if flight is None:
+            self._ctx.stats.eager_fetches += 1
+            flight = self._start(repository, digest)
+        await flight.finished.wait()
+        if flight.error is not None:
+            log.warning("eager caching of %s failed: %s", digest, flight.error)
+
+    # -- the flight ----------------------------------------------------------------
+
+    def _start(self, repository: str, digest: Digest, *, pin: bool = False) -> BlobFlight:
+        flight = BlobFlight(digest, spool_dir=self._spool_dir)
+        key = (digest, current_chain())
+        self._flights[key] = flight
+        self._ctx.tasks.spawn(self._fly, key, repository, flight, pin, work=flight)
+        return flight
+
+    async def _fly(
+        self, key: tuple[Digest, tuple[int, ...]], repository: str, flight: BlobFlight, pin: bool
+    ) -> None:
+        """The background side of a shared fetch: find a source, stream, verify, commit."""
+        digest = flight.digest
+        error: BaseException | None = None
+        try:
+            local = await self.store.stat(digest)
+            if local is not None:
+                # Committed by a fetch that ended while this one was being set up.
+                flight.held_locally(local.size, self.owner)
+                return
+
+            async def ask(connector: Connector) -> BlobStream | None:
+                return await self._open_upstream(connector, repository, digest, 0)
+
+            async def use(connector: Connector, stream: BlobStream) -> bool:
+                await self._transfer(repository, flight, connector, stream, pin)
+                return True
+
+            found = await self._ctx.sources.first_then(
+                self._ctx.sources.for_blob(repository, digest),
+                kind="blob",
+                request="open_blob",
+                repository=repository,
+                ref=str(digest),
+                ask=ask,
+                use=use,
+                # Once readers hold bytes from a source it cannot be undone.
+                fatal=lambda exc: not flight.replaceable,
+            )
+            if isinstance(found, Nobody):
+                error = found.error(
+                    BlobUnknown, f"blob {digest}", repository=repository, digest=digest
+                )
+        except Exception as exc:
+            error = exc
+        except BaseException:
+            error = ResolverClosed(f"resolver {self.owner!r} closed", digest=digest)
+            raise
+        finally:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+            flight.finish(error)
+
+    async def _open_upstream(
+        self, connector: Connector, repository: str, digest: Digest, offset: int
+    ) -> BlobStream | None:
+        stream = await connector.open_blob(repository, digest, offset=offset)
+        return expect(connector, stream, BlobStream, "open_blob")
+
+    async def _transfer(
+        self,
+        repository: str,
+        flight: BlobFlight,
+        connector: Connector,
+        stream: BlobStream,
+        pin: bool,
+    ) -> None:
+        digest = flight.digest
+        size = stream.size
+        cache = pin or self._ctx.policy_for(connector.name).caches_blob(size)
+        try:
+            async with AsyncExitStack() as stack:
+                stack.push_async_callback(stream.aclose)
+                if cache:
+                    writer = await stack.enter_async_context(self.store.ingest(digest, size))
+                    await flight.begin(
+                        size,
+                        connector.name,
+                        read_back=getattr(writer, "read_back", None),
+                        reopen=functools.partial(self._reopen, digest),
+                    )
+                    await self._pump_resuming(repository, flight, connector, stream, writer.write)
+                    await writer.commit()
+                else:
+                    verifier = DigestVerifier(digest, size)
+                    await flight.begin(size, connector.name)
+                    await self._pump_resuming(
+                        repository, flight, connector, stream, verifier.aupdate
+                    )
+                    verifier.verify()
+                flight.mark_verified(cached=cache)
+        except DigestMismatch as exc:
+            self._ctx.sources.suspect(connector, digest)
+            log.warning("connector %r sent wrong bytes for %s: %s", connector.name, digest, exc)
+            raise UpstreamDigestMismatch(
+                f"connector {connector.name!r} sent bytes that do not match {digest}",
+                connector=connector.name,
+                digest=digest,
+                repository=repository,
+            ) from exc
+
+    async def _reopen(self, digest: Digest, offset: int) -> BlobStream | None:
+        return await self.store.open(digest, offset=offset)
+
+    async def _pump_resuming(
+        self,
+        repository: str,
+        flight: BlobFlight,
+        connector: Connector,
+        stream: BlobStream,
+        sink: Sink,
+    ) -> None:
+        """Pump ``stream``; when it breaks, resume from the first byte not yet received.
+
+        A broken transfer is resumed from the same connector; a stalled one
+        from the next connector that has the blob (content is addressed by
+        digest: any source's bytes at an offset are the same bytes, and the
+        whole is verified at the end). While no reader has been let in, a
+        stall fails the transfer instead, and the next source starts afresh.
+        """
+        resumes = 0
+        while True:
+            try:
+                await self._pump(flight, connector, stream, sink)
+                return
+            except UpstreamError as exc:
+                stalled = isinstance(exc, Stalled)
+                if isinstance(exc, DigestMismatch) or resumes >= MAX_RESUMES:
+                    raise
+                if stalled and flight.replaceable:
+                    raise
+                resumes += 1
+                self._ctx.stats.resumes += 1
+                log.info(
+                    "resuming %s at byte %d after %r failed (%s)",
+                    flight.digest,
+                    flight.received,
+                    connector.name,
+                    exc,
+                )
+                order = [connector]
+                if stalled:
+                    others = self._ctx.sources.for_blob(repository, flight.digest)
+                    order = [c for c in others if c.name != connector.name]
+                resumed = await self._resume(repository, flight, order)
+                if resumed is None:
+                    raise
+                connector, stream = resumed
+
+    async def _resume(
+        self, repository: str, flight: BlobFlight, order: list[Connector]
+    ) -> tuple[Connector, BlobStream] | None:
+        """The first connector of ``order`` that sends the blob from where the flight is."""
+        offset = flight.received
+        for connector in order:
+            try:
+                stream = await self._ctx.sources.call(
+                    connector,
+                    "open_blob",
+                    str(flight.digest),
+                    functools.partial(
+                        self._open_upstream, connector, repository, flight.digest, offset
+                    ),
+                )
+            except UpstreamError as exc:
+                self._ctx.sources.failed(connector, exc, str(flight.digest))
+                continue
+            if stream is not None:
+                return connector, stream
+        return None
+
+    async def _pump(
+        self, flight: BlobFlight, connector: Connector, stream: BlobStream, sink: Sink
+    ) -> None:
+        """Move one upstream stream into ``sink`` and the flight; raise if it ends short.
+
+        Receiving runs ahead of storing by up to :data:`READ_AHEAD` chunks, so
+        the network, the hashing and the disk work overlap instead of taking
+        turns.
+        """
+        size = stream.size
+        failures: list[BaseException] = []
+        send, receive = anyio.create_memory_object_stream[bytes](READ_AHEAD)
+
+        async def read_ahead() -> None:
+            try:
+                async with (
+                    send,
+                    aclosing(
+                        _guarded(stream, connector, self._ctx.sources, flight.digest)
+                    ) as guarded,
+                    aclosing(coalesce(guarded)) as chunks,
+                ):
+                    async for chunk in chunks:
+                        await send.send(chunk)
+            except Exception as exc:  # raised below, after what arrived is stored
+                failures.append(exc)
+
+        async with stream:
+            skip = _skip(flight, connector, stream)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read_ahead)
+                try:
+                    async with receive:
+                        async for chunk in receive:
+                            piece, skip = chunk[skip:], max(0, skip - len(chunk))
+                            if piece:
+                                await self._store(flight, connector, sink, piece, size)
+                except Exception as exc:
+                    failures.insert(0, exc)  # the storing side's error explains the rest
+                    tg.cancel_scope.cancel()
+        if failures:
+            raise failures[0]
+        if flight.received < size:
+            raise UpstreamError(
+                f"connector {connector.name!r} ended the blob after "
+                f"{flight.received} of {size} bytes",
+                connector=connector.name,
+                digest=flight.digest,
+            )
+
+    async def _store(
+        self, flight: BlobFlight, connector: Connector, sink: Sink, chunk: bytes, size: int
+    ) -> None:
+        """Spool and cache one chunk in parallel (two worker threads, two cores)."""
+        if flight.received + len(chunk) > size:
+            raise DigestMismatch(
+                f"connector {connector.name!r} sent more than {size} bytes",
+                connector=connector.name,
+                digest=flight.digest,
+            )
+        await together(lambda: flight.append(chunk), lambda: sink(chunk))
+        self._ctx.stats.received(connector.name, len(chunk))
+
+
+def _skip(flight: BlobFlight, connector: Connector, stream: BlobStream) -> int:
+    """How many leading bytes of a (resumed) stream were received already.
+
+    A resumed source that started before where we are (a server ignoring
+    Range) has what we hold dropped; one that starts after it, or answers
+    for a blob of another size, cannot continue this transfer.
+    """
+    skip = flight.received - stream.offset
+    if skip < 0 or stream.size != flight.size:
+        raise UpstreamError(
+            f"connector {connector.name!r} resumed at {stream.offset} of"
+            f" {stream.size} bytes, not at {flight.received} of {flight.size}",
+            connector=connector.name,
+            digest=flight.digest,
+        )
+    return skip
+
+
+async def _guarded(
+    stream: AsyncIterable[bytes], connector: Connector, sources: Sources, digest: Digest
+) -> AsyncGenerator[bytes, None]:
+    """A connector's chunks, checked: bytes only, errors typed, neither silent nor trickling.
+
+    A third-party connector's stream is a plugin: a plain exception from it
+    (``ConnectionResetError``) becomes an ``UpstreamError`` naming the
+    connector, so the transfer is resumed as for any broken transfer. No
+    chunk for the stall limit, or less than :data:`MIN_RATE` bytes a second
+    over a stall limit's worth of waiting, is a :class:`Stalled` transfer.
+    Only time spent waiting for the connector counts, not our own writing.
+    """
+    iterator = aiter(stream)
+    window_bytes, window_wait = 0, 0.0
+    while True:
+        chunk: object = None
+        started = anyio.current_time()
+        try:
+            with anyio.move_on_after(sources.stall_timeout):
+                chunk = await anext(iterator)
+        except StopAsyncIteration:
+            return
+        except DockerConnectError:
+            raise
+        except Exception as exc:
+            raise UpstreamError(
+                f"connector {connector.name!r} broke the transfer of {digest}: {exc!r}",
+                connector=connector.name,
+                digest=digest,
+            ) from exc
+        if chunk is None:
+            raise sources.stalled(connector, str(digest))
+        data = _as_bytes(connector, digest, chunk)
+        window_bytes += len(data)
+        window_wait += anyio.current_time() - started
+        if window_wait >= sources.stall_timeout:
+            if window_bytes < MIN_RATE * window_wait:
+                rate = f"{window_bytes / window_wait:.0f} bytes/s"
+                raise sources.stalled(connector, str(digest), trickle=rate)
+            window_bytes, window_wait = 0, 0.0
+        yield data
+
+
+def _as_bytes(connector: Connector, digest: Digest, chunk: object) -> bytes:
+    if isinstance(chunk, bytes):
+        return chunk
+    if isinstance(chunk, (bytearray, memoryview)):
+        return bytes(chunk)
+    raise UpstreamError(
+        f"connector {connector.name!r} sent a {type(chunk).__name__} chunk, not bytes",
+        connector=connector.name,
+        digest=digest,
+    )
+
+
+async def _counted(stream: BlobStream, count: Callable[[int], None]) -> AsyncIterator[bytes]:
+    async with stream:
+        async for chunk in stream:
+            count(len(chunk))
+            yield chunk

@@ -18,7 +18,7 @@ from dockerconnect._digest import Digest
 from dockerconnect._filesystem import FilesystemBlobStore, FilesystemManifestStore
 from dockerconnect._manifest import OCI_MANIFEST
 from dockerconnect._memory import MemoryBlobStore, MemoryManifestStore
-from dockerconnect._protocols import BlobStore, ManifestStore, TagRecord
+from dockerconnect._protocols import BlobStore, ManifestStore, ReferrersIndex, TagRecord
 from dockerconnect._stream import CHUNK_SIZE
 from dockerconnect.errors import (
     DigestInvalid,
@@ -33,6 +33,7 @@ from dockerconnect.testing import (
     BlobStoreFactory,
     ManifestStoreConformance,
     ManifestStoreFactory,
+    random_artifact,
     random_blob,
     random_image,
 )
@@ -404,3 +405,70 @@ async def test_memory_stores_share_nothing() -> None:
     assert stream is not None
     assert stream.source == "memory"
     await stream.aclose()
+
+
+# --- filesystem: the referrers index ---------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_referrer_entry_without_its_manifest_is_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A crash (here: a full disk) between the index entry and the manifest
+    # leaves an entry that does not count: nothing is listed that is not stored.
+    store = FilesystemManifestStore(tmp_path)
+    subject = random_image(seed=40).manifest
+    sbom = random_artifact(subject, seed=41)
+    writes = 0
+    real_write_all = _filesystem._write_all
+
+    def full_on_second_file(fd: int, data: bytes) -> None:
+        nonlocal writes
+        writes += 1
+        if writes == 2:
+            _full_disk(fd, data)
+        real_write_all(fd, data)
+
+    monkeypatch.setattr(_filesystem, "_write_all", full_on_second_file)
+    with pytest.raises(StorageError):
+        await store.put_manifest("app", sbom.manifest)
+    monkeypatch.setattr(_filesystem, "_write_all", real_write_all)
+    entries = tmp_path / "repositories" / "app" / "_referrers" / "sha256" / subject.digest.hex
+    assert os.listdir(entries) == [f"sha256-{sbom.manifest.digest.hex}.json"]
+    assert await store.get_manifest("app", sbom.manifest.digest) is None
+    assert await store.referrers("app", subject.digest) == []
+    assert await store.repositories() == []
+    # Putting it again completes it.
+    await store.put_manifest("app", sbom.manifest)
+    assert await store.referrers("app", subject.digest) == [sbom.manifest.referrer()]
+    assert filesystem_leftovers(tmp_path) == []
+
+
+@pytest.mark.anyio
+async def test_corrupt_referrer_entry_is_a_storage_error(tmp_path: Path) -> None:
+    store = FilesystemManifestStore(tmp_path)
+    subject = random_image(seed=42).manifest
+    sbom = random_artifact(subject, seed=43)
+    await store.put_manifest("app", sbom.manifest)
+    entry = (
+        tmp_path
+        / "repositories"
+        / "app"
+        / "_referrers"
+        / "sha256"
+        / subject.digest.hex
+        / f"sha256-{sbom.manifest.digest.hex}.json"
+    )
+    entry.write_text('{"mediaType": "a/b", "mediaType": "c/d"}')
+    with pytest.raises(StorageError, match="corrupt referrers entry"):
+        await store.referrers("app", subject.digest)
+    other = random_artifact(subject, seed=44).manifest.referrer()
+    entry.write_text(other.to_json())
+    with pytest.raises(StorageError, match="describes"):
+        await store.referrers("app", subject.digest)
+
+
+def test_referrers_index_is_a_capability_of_the_shipped_manifest_stores(tmp_path: Path) -> None:
+    assert isinstance(MemoryManifestStore(), ReferrersIndex)
+    assert isinstance(FilesystemManifestStore(tmp_path), ReferrersIndex)
+    assert not isinstance(MemoryBlobStore(), ReferrersIndex)

@@ -30,6 +30,7 @@ from dockerconnect._protocols import (
     IntegrityEntry,
     IntegrityReport,
     ManifestStore,
+    ReferrersIndex,
     Registry,
     TagRecord,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "ManifestStore",
     "MemoryBlobStore",
     "MemoryManifestStore",
+    "ReferrersIndex",
     "Platform",
     "Reference",
     "Registry",

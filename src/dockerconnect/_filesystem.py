@@ -10,6 +10,9 @@ its own)::
     ├── blobs/<algorithm>/<hex[:2]>/<hex>      a blob's exact bytes
     ├── repositories/<repository>/             one directory per ``/``-separated component
     │   ├── _manifests/<algorithm>/<hex>       "<media type>\\n" then the manifest's exact bytes
+    │   ├── _referrers/<algorithm>/<hex>/      the referrers of the subject <algorithm>:<hex>:
+    │   │   └── <algorithm>-<hex>.json         one referrer's descriptor (Descriptor.to_json)
+    │   ├── _referrers/<algorithm>/<hex>.lock  taken while that subject's entries change
     │   └── _tags/<tag>.json                   a TagRecord:
     │                                          {"confirmed_at", "digest", "media_type", "source"}
     └── tmp/<random>.tmp                       files being written
@@ -36,6 +39,14 @@ writers of other instances or processes sharing the root are left alone.
 Without ``fcntl`` (Windows) a file that is still open cannot be removed, which
 serves the same purpose.
 
+The referrers index (:class:`~dockerconnect.ReferrersIndex`) follows one
+rule that a crash cannot break: an entry counts only while the manifest it
+names is stored. ``put_manifest`` writes the entry before the manifest and
+``delete_manifest`` removes it after, each file atomically, so a crash in
+between leaves an entry that is ignored, never a stored referrer that is not
+listed. Changes to one subject's entries hold an ``flock`` on its ``.lock``
+file, so processes that put and delete the same referrer at once agree.
+
 Blob writers hash through :class:`~dockerconnect.DigestVerifier` and publish
 only verified bytes. Two writers of the same digest at once both succeed and
 leave one file. Reads stream chunks of at most
@@ -54,8 +65,8 @@ import json
 import os
 import secrets
 import threading
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractAsyncContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -65,14 +76,16 @@ import anyio.to_thread
 from dockerconnect._descriptor import Descriptor
 from dockerconnect._digest import Digest, DigestVerifier
 from dockerconnect._manifest import Manifest
-from dockerconnect._memory import check_offset, check_size, check_writable
 from dockerconnect._protocols import BLOB_MEDIA_TYPE, BlobWriter, TagRecord
 from dockerconnect._reference import validate_repository, validate_tag
+from dockerconnect._stores import check_offset, check_writable, ingest
 from dockerconnect._stream import CHUNK_SIZE, BlobStream
 from dockerconnect._together import together
 from dockerconnect.errors import (
     BlobUploadInvalid,
+    DigestInvalid,
     InvalidInput,
+    ManifestInvalid,
     NameInvalid,
     StorageError,
     TagInvalid,
@@ -82,7 +95,13 @@ try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     _flock: Callable[[int], bool] | None = None
+    _flock_wait: Callable[[int], None] | None = None
 else:
+
+    def _flock_wait_posix(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+    _flock_wait = _flock_wait_posix
 
     def _flock_posix(fd: int) -> bool:
         try:
@@ -102,6 +121,8 @@ REPOSITORIES_DIR: Final = "repositories"
 TMP_DIR: Final = "tmp"
 MANIFESTS_DIR: Final = "_manifests"
 TAGS_DIR: Final = "_tags"
+REFERRERS_DIR: Final = "_referrers"
+LOCK_SUFFIX: Final = ".lock"
 TMP_SUFFIX: Final = ".tmp"
 TAG_SUFFIX: Final = ".json"
 
@@ -248,16 +269,7 @@ class FilesystemBlobStore:
     def ingest(
         self, digest: Digest, size: int | None = None
     ) -> AbstractAsyncContextManager[BlobWriter]:
-        verifier = DigestVerifier(Digest.parse(digest), check_size(size))
-        return self._ingest(verifier)
-
-    @asynccontextmanager
-    async def _ingest(self, verifier: DigestVerifier) -> AsyncIterator[BlobWriter]:
-        writer = _FileWriter(self._root, verifier, self._path(verifier.digest))
-        try:
-            yield writer
-        finally:
-            await writer.close()
+        return ingest(digest, size, lambda v: _FileWriter(self._root, v, self._path(v.digest)))
 
     async def delete(self, digest: Digest) -> bool:
         digest = Digest.parse(digest)
@@ -475,6 +487,9 @@ class FilesystemManifestStore:
     documentation for the layout and the crash-safety rules. Deleting a
     manifest leaves tags pointing at it alone: whether a tag may dangle is
     the caller's decision.
+
+    It is also a :class:`~dockerconnect.ReferrersIndex`, kept on disk by
+    ``put_manifest`` and ``delete_manifest`` and so surviving a restart.
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
@@ -517,15 +532,85 @@ class FilesystemManifestStore:
             raise InvalidInput(f"expected a Manifest, not {type(manifest).__name__}")
         path = self._manifest_path(repository, manifest.digest)
         content = manifest.media_type.encode("ascii") + b"\n" + manifest.data
-        await _run("write manifest", self._root.write_file, path, content)
+        if manifest.subject is None:
+            await _run("write manifest", self._root.write_file, path, content)
+            return
+        await _run("write manifest", self._put_referrer, repository, manifest, path, content)
+
+    def _put_referrer(self, repository: str, manifest: Manifest, path: str, content: bytes) -> None:
+        # The entry first: it only counts once the manifest is there too.
+        assert manifest.subject is not None
+        subject = manifest.subject.digest
+        entry = manifest.referrer().to_json().encode()
+        with self._subject_lock(repository, subject):
+            self._root.write_file(self._referrer_path(repository, subject, manifest.digest), entry)
+            self._root.write_file(path, content)
 
     async def delete_manifest(self, repository: str, digest: Digest) -> bool:
         repository = validate_repository(repository)
         digest = Digest.parse(digest)
         if not digest.verifiable:
             return False
+        return await _run("delete manifest", self._delete_manifest, repository, digest)
+
+    def _delete_manifest(self, repository: str, digest: Digest) -> bool:
         path = self._manifest_path(repository, digest)
-        return await _run("delete manifest", self._root.remove, path)
+        content = _read_or_none(path)
+        subject = _subject_of(content) if content is not None else None
+        if subject is None:
+            return self._root.remove(path)
+        # The manifest first: without it the entry no longer counts.
+        with self._subject_lock(repository, subject):
+            removed = self._root.remove(path)
+            self._root.remove(self._referrer_path(repository, subject, digest))
+        return removed
+
+    async def referrers(self, repository: str, subject: Digest) -> list[Descriptor]:
+        """See :class:`~dockerconnect.ReferrersIndex`."""
+        repository = validate_repository(repository)
+        subject = Digest.parse(subject)
+        return await _run("list referrers", self._referrers, repository, subject)
+
+    def _referrers(self, repository: str, subject: Digest) -> list[Descriptor]:
+        directory = self._repository(repository, REFERRERS_DIR, subject.algorithm, subject.hex)
+        try:
+            names = os.listdir(directory)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        found: list[Descriptor] = []
+        for name in names:
+            digest = _referrer_digest(name)
+            if digest is None or not os.path.exists(self._manifest_path(repository, digest)):
+                continue
+            content = _read_or_none(os.path.join(directory, name))
+            if content is None:
+                continue
+            try:
+                descriptor = Descriptor.parse(content)
+            except ManifestInvalid as exc:
+                raise StorageError(f"corrupt referrers entry {name}: {exc.message}") from exc
+            if descriptor.digest != digest:
+                raise StorageError(f"referrers entry {name} describes {descriptor.digest}")
+            found.append(descriptor)
+        return sorted(found, key=lambda d: str(d.digest))
+
+    def _referrer_path(self, repository: str, subject: Digest, referrer: Digest) -> str:
+        name = f"{referrer.algorithm}-{referrer.hex}{TAG_SUFFIX}"
+        return self._repository(repository, REFERRERS_DIR, subject.algorithm, subject.hex, name)
+
+    @contextmanager
+    def _subject_lock(self, repository: str, subject: Digest) -> Iterator[None]:
+        path = self._repository(
+            repository, REFERRERS_DIR, subject.algorithm, subject.hex + LOCK_SUFFIX
+        )
+        _make_dirs(os.path.dirname(path))
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | _O_BINARY, 0o644)
+        try:
+            if _flock_wait is not None:
+                _flock_wait(fd)
+            yield
+        finally:
+            os.close(fd)
 
     async def get_tag(self, repository: str, tag: str) -> TagRecord | None:
         repository = validate_repository(repository)
@@ -697,6 +782,28 @@ def _open_at(path: str, offset: int) -> tuple[io.FileIO | None, bytes, int] | No
         file.close()
         raise
     return file, first, size
+
+
+def _subject_of(content: bytes) -> Digest | None:
+    """The subject's digest of a stored manifest file, or ``None``."""
+    media_type, _, data = content.partition(b"\n")
+    try:
+        manifest = Manifest.parse(data, media_type.decode("ascii"))
+    except (ManifestInvalid, UnicodeDecodeError):
+        # Not a manifest this store wrote: nothing of it was indexed.
+        return None
+    return manifest.subject.digest if manifest.subject is not None else None
+
+
+def _referrer_digest(name: str) -> Digest | None:
+    """The referrer digest an entry file is named after, or ``None``."""
+    if not name.endswith(TAG_SUFFIX):
+        return None
+    algorithm, dash, hex_ = name[: -len(TAG_SUFFIX)].rpartition("-")
+    try:
+        return Digest.parse(f"{algorithm}:{hex_}") if dash else None
+    except DigestInvalid:
+        return None
 
 
 def _read_or_none(path: str) -> bytes | None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import attrs
 
 from dockerconnect._descriptor import Annotations, Descriptor
 from dockerconnect._digest import Digest
+from dockerconnect._json import JsonInvalid, load_json
 from dockerconnect.errors import ManifestInvalid
 
 __all__ = [
@@ -81,7 +81,10 @@ class Manifest:
         :class:`ManifestInvalid` for Docker schema 1, non-JSON, a wrong
         ``schemaVersion``, missing or invalid descriptors, a ``media_type``
         that disagrees with the document's own ``mediaType``, and documents
-        over :data:`MAX_MANIFEST_SIZE`.
+        over :data:`MAX_MANIFEST_SIZE`. Untrusted JSON is read strictly: a
+        key that appears twice in one object (which other parsers would read
+        differently) and nesting deeper than 64 levels are ``ManifestInvalid``
+        too, never a ``RecursionError``.
         """
         if isinstance(data, (bytearray, memoryview)):
             data = bytes(data)
@@ -95,8 +98,8 @@ class Manifest:
         if given in _SCHEMA1:
             raise ManifestInvalid("Docker schema 1 manifests are not supported")
         try:
-            doc = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
+            doc = load_json(data)
+        except JsonInvalid as exc:
             raise ManifestInvalid(f"manifest is not valid JSON: {exc}") from exc
         if not isinstance(doc, dict):
             raise ManifestInvalid("manifest must be a JSON object")
@@ -165,6 +168,31 @@ class Manifest:
         """A descriptor pointing at this manifest."""
         return Descriptor(
             self.media_type, self.digest, len(self.data), artifact_type=self.artifact_type
+        )
+
+    def referrer(self) -> Descriptor:
+        """This manifest's descriptor as a referrer of its ``subject``.
+
+        What the OCI distribution-spec 1.1 "Listing Referrers" index holds:
+        ``media_type``, ``digest`` and ``size``, ``artifact_type`` (the
+        manifest's ``artifactType``, else its config's media type) and the
+        manifest's ``annotations``. Raises ``ManifestInvalid`` for a manifest
+        without a ``subject``: it refers to nothing.
+        """
+        if self.subject is None:
+            raise ManifestInvalid(
+                f"manifest {self.digest} has no subject, so it is not a referrer",
+                digest=str(self.digest),
+            )
+        artifact_type = self.artifact_type
+        if artifact_type is None and self.config is not None:
+            artifact_type = self.config.media_type
+        return Descriptor(
+            self.media_type,
+            self.digest,
+            len(self.data),
+            annotations=self.annotations,
+            artifact_type=artifact_type,
         )
 
     def references(self) -> tuple[Descriptor, ...]:

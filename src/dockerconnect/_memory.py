@@ -8,7 +8,7 @@ and pass the same conformance suites (:mod:`dockerconnect.testing`).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import TypeVar
 
 import anyio.lowlevel
@@ -18,11 +18,13 @@ from dockerconnect._digest import Digest, DigestVerifier
 from dockerconnect._manifest import Manifest
 from dockerconnect._protocols import BLOB_MEDIA_TYPE, BlobWriter, TagRecord
 from dockerconnect._reference import validate_repository, validate_tag
+from dockerconnect._stores import check_offset, check_writable, ingest
 from dockerconnect._stream import CHUNK_SIZE, BlobStream
-from dockerconnect.errors import BlobUploadInvalid, InvalidInput, RangeInvalid
+from dockerconnect.errors import BlobUploadInvalid, InvalidInput
 
 __all__ = ["MemoryBlobStore", "MemoryManifestStore"]
 
+_G = TypeVar("_G")
 _K = TypeVar("_K")
 _V = TypeVar("_V")
 
@@ -58,18 +60,7 @@ class MemoryBlobStore:
     def ingest(
         self, digest: Digest, size: int | None = None
     ) -> AbstractAsyncContextManager[BlobWriter]:
-        # Validated here, not inside the generator, so bad input fails at the
-        # call rather than at ``async with``.
-        verifier = DigestVerifier(Digest.parse(digest), check_size(size))
-        return self._ingest(verifier)
-
-    @asynccontextmanager
-    async def _ingest(self, verifier: DigestVerifier) -> AsyncIterator[BlobWriter]:
-        writer = _MemoryWriter(self._blobs, verifier)
-        try:
-            yield writer
-        finally:
-            writer.close()
+        return ingest(digest, size, lambda verifier: _MemoryWriter(self._blobs, verifier))
 
     async def delete(self, digest: Digest) -> bool:
         digest = Digest.parse(digest)
@@ -143,7 +134,7 @@ class _MemoryWriter:
         self._state = "failed"
         self._chunks.clear()
 
-    def close(self) -> None:
+    async def close(self) -> None:
         if self._state == "open":
             self._state = "closed"
         self._chunks.clear()
@@ -159,6 +150,10 @@ async def _chunks(data: bytes, offset: int) -> AsyncIterator[bytes]:
 class MemoryManifestStore:
     """A :class:`~dockerconnect.ManifestStore` that holds manifests and tags in dicts.
 
+    It is also a :class:`~dockerconnect.ReferrersIndex`: manifests with a
+    ``subject`` are indexed by ``put_manifest`` and unindexed by
+    ``delete_manifest``.
+
     Deleting a manifest leaves tags pointing at it alone: whether a tag may
     dangle is the caller's decision, as it is for every store.
     """
@@ -166,6 +161,8 @@ class MemoryManifestStore:
     def __init__(self) -> None:
         self._manifests: dict[str, dict[Digest, Manifest]] = {}
         self._tags: dict[str, dict[str, TagRecord]] = {}
+        # repository -> subject -> referrer digest -> its referrer descriptor
+        self._referrers: dict[str, dict[Digest, dict[Digest, Descriptor]]] = {}
 
     async def get_manifest(self, repository: str, digest: Digest) -> Manifest | None:
         repository = validate_repository(repository)
@@ -179,12 +176,31 @@ class MemoryManifestStore:
             raise InvalidInput(f"expected a Manifest, not {type(manifest).__name__}")
         await anyio.lowlevel.checkpoint()
         self._manifests.setdefault(repository, {})[manifest.digest] = manifest
+        if manifest.subject is not None:
+            by_subject = self._referrers.setdefault(repository, {})
+            by_subject.setdefault(manifest.subject.digest, {})[manifest.digest] = (
+                manifest.referrer()
+            )
 
     async def delete_manifest(self, repository: str, digest: Digest) -> bool:
         repository = validate_repository(repository)
         digest = Digest.parse(digest)
         await anyio.lowlevel.checkpoint()
+        manifest = self._manifests.get(repository, {}).get(digest)
+        if manifest is not None and manifest.subject is not None:
+            subjects = self._referrers.get(repository)
+            unindexed = subjects is not None and _pop(subjects, manifest.subject.digest, digest)
+            if unindexed and not subjects:
+                del self._referrers[repository]
         return _pop(self._manifests, repository, digest)
+
+    async def referrers(self, repository: str, subject: Digest) -> list[Descriptor]:
+        """See :class:`~dockerconnect.ReferrersIndex`."""
+        repository = validate_repository(repository)
+        subject = Digest.parse(subject)
+        await anyio.lowlevel.checkpoint()
+        found = self._referrers.get(repository, {}).get(subject, {})
+        return [found[d] for d in sorted(found, key=str)]
 
     async def get_tag(self, repository: str, tag: str) -> TagRecord | None:
         repository = validate_repository(repository)
@@ -225,42 +241,12 @@ class MemoryManifestStore:
         return f"MemoryManifestStore(repositories={len(held)})"
 
 
-def _pop(table: dict[str, dict[_K, _V]], repository: str, key: _K) -> bool:
-    entries = table.get(repository)
+def _pop(table: dict[_G, dict[_K, _V]], group: _G, key: _K) -> bool:
+    entries = table.get(group)
     if entries is None or key not in entries:
         return False
     del entries[key]
-    # An emptied repository is forgotten, so listings only show what is held.
+    # An emptied group is forgotten, so listings only show what is held.
     if not entries:
-        del table[repository]
+        del table[group]
     return True
-
-
-def check_offset(offset: int, size: int | None, digest: Digest) -> None:
-    """Raise :class:`RangeInvalid` unless ``0 <= offset <= size``.
-
-    With ``size=None`` (not known yet) only the type and sign are checked.
-    """
-    if isinstance(offset, bool) or not isinstance(offset, int):
-        raise RangeInvalid(f"offset must be an integer, not {type(offset).__name__}")
-    if offset < 0 or (size is not None and offset > size):
-        raise RangeInvalid(
-            f"offset {offset} is outside the blob's {size} bytes", digest=str(digest)
-        )
-
-
-def check_size(size: int | None) -> int | None:
-    """``size`` if it is ``None`` or a non-negative integer, else :class:`InvalidInput`."""
-    if size is None:
-        return None
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        raise InvalidInput(f"blob size must be a non-negative integer or None, not {size!r}")
-    return size
-
-
-def check_writable(state: str, digest: Digest) -> None:
-    """Raise :class:`BlobUploadInvalid` unless a writer in ``state`` takes writes."""
-    if state != "open":
-        raise BlobUploadInvalid(
-            f"the blob writer is {state}; start a new ingest", digest=str(digest)
-        )

@@ -26,6 +26,7 @@ __all__ = [
     "IntegrityReport",
     "ManifestContentStore",
     "ManifestStore",
+    "ReferrersIndex",
     "Registry",
     "TagRecord",
     "TagStore",
@@ -156,6 +157,36 @@ class ManifestStore(ManifestContentStore, TagStore, Protocol):
 
     async def repositories(self) -> list[str]:
         """Every repository holding a manifest or a tag, in lexical order."""
+        ...
+
+
+@runtime_checkable
+class ReferrersIndex(Protocol):
+    """An optional capability of a :class:`ManifestStore`: who refers to a digest.
+
+    A referrer is a manifest whose ``subject`` is the digest (OCI
+    distribution-spec 1.1, "Listing Referrers"). The store keeps the index
+    itself, inside ``put_manifest`` and ``delete_manifest``: a manifest with
+    a ``subject`` is listed as soon as ``put_manifest`` returns, whether or
+    not the subject is held anywhere ("Pushing Manifests with Subject"), and
+    no longer once ``delete_manifest`` of it returns. Callers never maintain
+    it by hand, so it cannot drift from the manifests.
+
+    Absent: ``[]`` (no referrers, or an unknown subject; never ``None`` and
+    never an error). Failed: a ``DockerConnectError``. Invalid names and
+    digests raise ``NameInvalid`` / ``DigestInvalid`` before any I/O. A store
+    without this capability still works; whoever needs referrers checks
+    ``isinstance(store, ReferrersIndex)``.
+    """
+
+    async def referrers(self, repository: str, subject: Digest) -> list[Descriptor]:
+        """The referrers of ``subject`` in ``repository``, ordered by digest.
+
+        Each is :meth:`Manifest.referrer() <dockerconnect.Manifest.referrer>`
+        of the stored manifest: media type, digest, size, ``artifact_type``
+        (``artifactType``, else the config's media type) and annotations.
+        Filtering by artifact type is the caller's.
+        """
         ...
 
 

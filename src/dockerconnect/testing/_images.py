@@ -28,6 +28,7 @@ from dockerconnect._manifest import (
 __all__ = [
     "RandomImage",
     "RandomIndex",
+    "random_artifact",
     "random_blob",
     "random_image",
     "random_index",
@@ -212,6 +213,63 @@ def random_image(
         doc["annotations"] = dict(annotations)
     data = json.dumps(doc, indent=2).encode()
     return RandomImage(Manifest.parse(data, media_type), config, tuple(blobs), plat)
+
+
+#: The OCI empty descriptor's media type and content (image-spec manifest.md,
+#: "Guidance for an Empty Descriptor").
+EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
+EMPTY_CONTENT = b"{}"
+
+
+def random_artifact(
+    subject: Manifest | Descriptor | None,
+    *,
+    artifact_type: str | None = "application/vnd.example.sbom+json",
+    config_media_type: str = EMPTY_MEDIA_TYPE,
+    payload_size: int = 256,
+    seed: int | None = None,
+    annotations: Mapping[str, str] | None = None,
+) -> RandomImage:
+    """An OCI 1.1 artifact (a signature, an SBOM) that refers to ``subject``.
+
+    An image manifest with ``artifactType``, the empty config and one random
+    blob, as ``oras`` and ``regctl artifact put`` push them. With
+    ``artifact_type=None`` the type is carried by ``config_media_type``
+    instead, as older tools (cosign) do. ``subject`` may be ``None`` for an
+    artifact that refers to nothing.
+    """
+    rng = random.Random(seed)
+    payload = _randbytes(rng, payload_size)
+    config = (
+        EMPTY_CONTENT
+        if config_media_type == EMPTY_MEDIA_TYPE
+        else b'{"seed":%d}' % (rng.getrandbits(32))
+    )
+    doc: dict[str, object] = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {
+            "mediaType": config_media_type,
+            "digest": str(Digest.from_bytes(config)),
+            "size": len(config),
+        },
+        "layers": [
+            {
+                "mediaType": "application/octet-stream",
+                "digest": str(Digest.from_bytes(payload)),
+                "size": len(payload),
+            }
+        ],
+    }
+    if artifact_type is not None:
+        doc["artifactType"] = artifact_type
+    if subject is not None:
+        pointer = subject.descriptor() if isinstance(subject, Manifest) else subject
+        doc["subject"] = Descriptor(pointer.media_type, pointer.digest, pointer.size).to_dict()
+    if annotations:
+        doc["annotations"] = dict(annotations)
+    data = json.dumps(doc, indent=2).encode()
+    return RandomImage(Manifest.parse(data, OCI_MANIFEST), config, (payload,))
 
 
 def random_index(

@@ -37,7 +37,13 @@ import pytest
 from dockerconnect._descriptor import Descriptor
 from dockerconnect._digest import Digest
 from dockerconnect._manifest import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_MANIFEST, Manifest
-from dockerconnect._protocols import BLOB_MEDIA_TYPE, BlobStore, ManifestStore, TagRecord
+from dockerconnect._protocols import (
+    BLOB_MEDIA_TYPE,
+    BlobStore,
+    ManifestStore,
+    ReferrersIndex,
+    TagRecord,
+)
 from dockerconnect._stream import CHUNK_SIZE, BlobStream
 from dockerconnect.errors import (
     BlobUploadInvalid,
@@ -49,7 +55,12 @@ from dockerconnect.errors import (
     TagInvalid,
     Unsupported,
 )
-from dockerconnect.testing._images import random_blob, random_image, random_index
+from dockerconnect.testing._images import (
+    random_artifact,
+    random_blob,
+    random_image,
+    random_index,
+)
 
 __all__ = [
     "BlobStoreConformance",
@@ -751,6 +762,113 @@ class ManifestStoreConformance:
             await manifest_store.delete_manifest("app", _bad(bad))
         assert await manifest_store.repositories() == []
 
+    # --- referrers (optional: ReferrersIndex) ------------------------------------------------
+
+    @staticmethod
+    def _referrers_index(store: ManifestStore) -> ReferrersIndex:
+        if not isinstance(store, ReferrersIndex):
+            pytest.skip("the store has no referrers index (ReferrersIndex)")
+        return store
+
+    @pytest.mark.anyio
+    async def test_referrer_listed_at_once_without_its_subject(
+        self, manifest_store: ManifestStore
+    ) -> None:
+        index = self._referrers_index(manifest_store)
+        subject = random_image(seed=20).manifest
+        sbom = random_artifact(subject, seed=21, annotations={"org.example.kind": "sbom"})
+        assert await index.referrers("app", subject.digest) == []
+        await manifest_store.put_manifest("app", sbom.manifest)
+        found = await index.referrers("app", subject.digest)
+        assert found == [sbom.manifest.referrer()]
+        (entry,) = found
+        assert (entry.media_type, entry.digest, entry.size) == (
+            sbom.manifest.media_type,
+            sbom.manifest.digest,
+            len(sbom.manifest.data),
+        )
+        assert entry.artifact_type == "application/vnd.example.sbom+json"
+        assert entry.annotations == {"org.example.kind": "sbom"}
+        # The subject was never stored: the referrer is still a manifest here.
+        assert await manifest_store.get_manifest("app", subject.digest) is None
+        assert await manifest_store.get_manifest("app", sbom.manifest.digest) == sbom.manifest
+
+    @pytest.mark.anyio
+    async def test_referrers_by_subject_and_repository(self, manifest_store: ManifestStore) -> None:
+        index = self._referrers_index(manifest_store)
+        subject, other = random_image(seed=22).manifest, random_index(seed=23).manifest
+        signature = random_artifact(
+            subject, seed=24, artifact_type=None, config_media_type="application/vnd.example.sig"
+        )
+        sboms = [random_artifact(subject, seed=25 + i) for i in range(3)]
+        elsewhere = random_artifact(other, seed=30)
+        for artifact in (*sboms, signature, elsewhere):
+            await manifest_store.put_manifest("app", artifact.manifest)
+        await manifest_store.put_manifest("app", sboms[0].manifest)  # idempotent
+        await manifest_store.put_manifest("app", subject)
+        await manifest_store.put_manifest("other", elsewhere.manifest)
+        found = await index.referrers("app", subject.digest)
+        expected = sorted(
+            (a.manifest.referrer() for a in (*sboms, signature)), key=lambda d: str(d.digest)
+        )
+        assert found == expected
+        assert signature.manifest.referrer() in found
+        assert signature.manifest.referrer().artifact_type == "application/vnd.example.sig"
+        assert await index.referrers("app", other.digest) == [elsewhere.manifest.referrer()]
+        assert await index.referrers("other", other.digest) == [elsewhere.manifest.referrer()]
+        assert await index.referrers("other", subject.digest) == []
+        assert await index.referrers("nowhere", subject.digest) == []
+        # A referrer is not a referrer of itself, nor is its subject of anything.
+        assert await index.referrers("app", sboms[0].manifest.digest) == []
+
+    @pytest.mark.anyio
+    async def test_delete_removes_the_referrer(self, manifest_store: ManifestStore) -> None:
+        index = self._referrers_index(manifest_store)
+        subject = random_image(seed=31).manifest
+        first, second = random_artifact(subject, seed=32), random_artifact(subject, seed=33)
+        await manifest_store.put_manifest("app", first.manifest)
+        await manifest_store.put_manifest("app", second.manifest)
+        await manifest_store.put_manifest("app", subject)
+        assert await manifest_store.delete_manifest("app", first.manifest.digest) is True
+        assert await index.referrers("app", subject.digest) == [second.manifest.referrer()]
+        # Deleting the subject leaves its referrers (as the distribution-spec allows).
+        assert await manifest_store.delete_manifest("app", subject.digest) is True
+        assert await index.referrers("app", subject.digest) == [second.manifest.referrer()]
+        assert await manifest_store.delete_manifest("app", second.manifest.digest) is True
+        assert await index.referrers("app", subject.digest) == []
+        assert await manifest_store.delete_manifest("app", second.manifest.digest) is False
+        assert await manifest_store.repositories() == []
+        await manifest_store.put_manifest("app", second.manifest)
+        assert await index.referrers("app", subject.digest) == [second.manifest.referrer()]
+
+    @pytest.mark.anyio
+    async def test_referrers_of_a_sha512_subject(self, manifest_store: ManifestStore) -> None:
+        index = self._referrers_index(manifest_store)
+        subject = Descriptor(OCI_MANIFEST, Digest.from_bytes(b"elsewhere", "sha512"), 9)
+        artifact = random_artifact(subject, seed=34)
+        await manifest_store.put_manifest("app", artifact.manifest)
+        assert await index.referrers("app", subject.digest) == [artifact.manifest.referrer()]
+        assert await index.referrers("app", str(subject.digest)) == [  # type: ignore[arg-type]
+            artifact.manifest.referrer()
+        ]
+
+    @pytest.mark.anyio
+    @pytest.mark.parametrize("bad", ["", "Upper", "../x", "a//b"])
+    async def test_referrers_invalid_repository(
+        self, manifest_store: ManifestStore, bad: str
+    ) -> None:
+        index = self._referrers_index(manifest_store)
+        with pytest.raises(NameInvalid):
+            await index.referrers(bad, Digest.from_bytes(b"x"))
+
+    @pytest.mark.anyio
+    @pytest.mark.parametrize("bad", INVALID_DIGESTS)
+    async def test_referrers_invalid_digest(self, manifest_store: ManifestStore, bad: str) -> None:
+        index = self._referrers_index(manifest_store)
+        with pytest.raises(DigestInvalid):
+            await index.referrers("app", _bad(bad))
+        assert await manifest_store.repositories() == []
+
     # --- persistence -------------------------------------------------------------------------
 
     @pytest.mark.anyio
@@ -776,3 +894,23 @@ class ManifestStoreConformance:
         assert await reopened.delete_tag("a/b", "v1") is True
         assert await manifest_store.get_tag("a/b", "v1") is None
         assert list(self.manifest_store_leftovers(reopened)) == []
+
+    @pytest.mark.anyio
+    async def test_referrers_survive_a_restart(
+        self, manifest_store: ManifestStore, manifest_store_factory: ManifestStoreFactory
+    ) -> None:
+        if not self.persistent:
+            pytest.skip("the store is not persistent")
+        self._referrers_index(manifest_store)
+        subject = random_image(seed=35).manifest
+        kept, doomed = random_artifact(subject, seed=36), random_artifact(subject, seed=37)
+        await manifest_store.put_manifest("a/b", kept.manifest)
+        await manifest_store.put_manifest("a/b", doomed.manifest)
+        reopened = self._referrers_index(await make_store(manifest_store_factory))
+        assert reopened is not manifest_store
+        expected = sorted(
+            (kept.manifest.referrer(), doomed.manifest.referrer()), key=lambda d: str(d.digest)
+        )
+        assert await reopened.referrers("a/b", subject.digest) == expected
+        assert await manifest_store.delete_manifest("a/b", doomed.manifest.digest) is True
+        assert await reopened.referrers("a/b", subject.digest) == [kept.manifest.referrer()]

@@ -906,8 +906,9 @@ class ManifestStoreConformance:
         kept, doomed = random_artifact(subject, seed=36), random_artifact(subject, seed=37)
         await manifest_store.put_manifest("a/b", kept.manifest)
         await manifest_store.put_manifest("a/b", doomed.manifest)
-        reopened = self._referrers_index(await make_store(manifest_store_factory))
-        assert reopened is not manifest_store
+        store = await make_store(manifest_store_factory)
+        assert store is not manifest_store
+        reopened = self._referrers_index(store)
         expected = sorted(
             (kept.manifest.referrer(), doomed.manifest.referrer()), key=lambda d: str(d.digest)
         )

@@ -13,7 +13,7 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from dockerconnect import _filesystem
+from dockerconnect import _fsroot
 from dockerconnect._digest import Digest
 from dockerconnect._filesystem import FilesystemBlobStore, FilesystemManifestStore
 from dockerconnect._manifest import OCI_MANIFEST
@@ -243,7 +243,7 @@ async def test_full_disk_during_ingest(tmp_path: Path, monkeypatch: pytest.Monke
     store = FilesystemBlobStore(tmp_path)
     data = random_blob(3 * CHUNK_SIZE, 5)
     digest = Digest.from_bytes(data)
-    monkeypatch.setattr(_filesystem, "_write_all", _full_disk)
+    monkeypatch.setattr(_fsroot, "write_all", _full_disk)
     with pytest.raises(StorageError) as info:
         async with store.ingest(digest, len(data)) as writer:
             await writer.write(data)
@@ -263,7 +263,7 @@ async def test_full_disk_after_small_writes(
     store = FilesystemBlobStore(tmp_path)
     data = b"small" * 100
     digest = Digest.from_bytes(data)
-    monkeypatch.setattr(_filesystem, "_write_all", _full_disk)
+    monkeypatch.setattr(_fsroot, "write_all", _full_disk)
     async with store.ingest(digest, len(data)) as writer:
         await writer.write(data)
         with pytest.raises(StorageError):
@@ -281,7 +281,7 @@ async def test_full_disk_at_publish(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     def no_room_for_directories(path: str) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 
-    monkeypatch.setattr(_filesystem, "_make_dirs", no_room_for_directories)
+    monkeypatch.setattr(_fsroot, "make_dirs", no_room_for_directories)
     async with store.ingest(digest, len(data)) as writer:
         await writer.write(data)
         with pytest.raises(StorageError):
@@ -294,7 +294,7 @@ async def test_full_disk_at_publish(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 async def test_full_disk_writing_a_tag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = FilesystemManifestStore(tmp_path)
     manifest = random_image(seed=7).manifest
-    monkeypatch.setattr(_filesystem, "_write_all", _full_disk)
+    monkeypatch.setattr(_fsroot, "write_all", _full_disk)
     with pytest.raises(StorageError):
         await store.set_tag("app", "v1", TagRecord(manifest.digest, OCI_MANIFEST, 1.0))
     with pytest.raises(StorageError):
@@ -420,7 +420,7 @@ async def test_referrer_entry_without_its_manifest_is_ignored(
     subject = random_image(seed=40).manifest
     sbom = random_artifact(subject, seed=41)
     writes = 0
-    real_write_all = _filesystem._write_all
+    real_write_all = _fsroot.write_all
 
     def full_on_second_file(fd: int, data: bytes) -> None:
         nonlocal writes
@@ -429,10 +429,10 @@ async def test_referrer_entry_without_its_manifest_is_ignored(
             _full_disk(fd, data)
         real_write_all(fd, data)
 
-    monkeypatch.setattr(_filesystem, "_write_all", full_on_second_file)
+    monkeypatch.setattr(_fsroot, "write_all", full_on_second_file)
     with pytest.raises(StorageError):
         await store.put_manifest("app", sbom.manifest)
-    monkeypatch.setattr(_filesystem, "_write_all", real_write_all)
+    monkeypatch.setattr(_fsroot, "write_all", real_write_all)
     entries = tmp_path / "repositories" / "app" / "_referrers" / "sha256" / subject.digest.hex
     assert os.listdir(entries) == [f"sha256-{sbom.manifest.digest.hex}.json"]
     assert await store.get_manifest("app", sbom.manifest.digest) is None

@@ -63,18 +63,18 @@ from __future__ import annotations
 import io
 import json
 import os
-import secrets
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import AbstractAsyncContextManager, contextmanager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Final, TypeVar
 
 import anyio
 import anyio.to_thread
 
+from dockerconnect import _fsroot
 from dockerconnect._descriptor import Descriptor
 from dockerconnect._digest import Digest, DigestVerifier
+from dockerconnect._fsroot import LOCK_SUFFIX, Root, locked, read_or_none, run
 from dockerconnect._manifest import Manifest
 from dockerconnect._protocols import BLOB_MEDIA_TYPE, BlobWriter, TagRecord
 from dockerconnect._reference import validate_repository, validate_tag
@@ -91,132 +91,16 @@ from dockerconnect.errors import (
     TagInvalid,
 )
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    _flock: Callable[[int], bool] | None = None
-    _flock_wait: Callable[[int], None] | None = None
-else:
-
-    def _flock_wait_posix(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-
-    _flock_wait = _flock_wait_posix
-
-    def _flock_posix(fd: int) -> bool:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
-
-    _flock = _flock_posix
-
 __all__ = ["FilesystemBlobStore", "FilesystemManifestStore"]
 
 T = TypeVar("T")
 
 BLOBS_DIR: Final = "blobs"
 REPOSITORIES_DIR: Final = "repositories"
-TMP_DIR: Final = "tmp"
 MANIFESTS_DIR: Final = "_manifests"
 TAGS_DIR: Final = "_tags"
 REFERRERS_DIR: Final = "_referrers"
-LOCK_SUFFIX: Final = ".lock"
-TMP_SUFFIX: Final = ".tmp"
 TAG_SUFFIX: Final = ".json"
-
-_O_BINARY: Final = getattr(os, "O_BINARY", 0)
-
-
-class _Root:
-    """A store's root directory and the crash-safe file primitives both stores use."""
-
-    __slots__ = ("path", "tmp")
-
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.path = Path(os.fspath(root)).absolute()
-        self.tmp = str(self.path / TMP_DIR)
-        try:
-            os.makedirs(self.tmp, exist_ok=True)
-            _remove_leftovers(self.tmp)
-        except OSError as exc:
-            raise StorageError(f"could not open store root: {_reason(exc)}") from exc
-
-    def join(self, *parts: str) -> str:
-        """``root/parts…``; refuses any result outside the root.
-
-        Callers pass validated names only, so a refusal here means a
-        validation rule and this layout disagree: fail closed.
-        """
-        path = os.path.normpath(os.path.join(self.path, *parts))
-        if os.path.commonpath([self.path, path]) != str(self.path) or path == str(self.path):
-            raise InvalidInput(f"path {os.path.join(*parts)!r} would leave the store root")
-        return path
-
-    def create_temp(self) -> tuple[int, str]:
-        """A new, locked, empty temporary file: ``(fd, path)``."""
-        while True:
-            path = os.path.join(self.tmp, secrets.token_hex(16) + TMP_SUFFIX)
-            flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_BINARY
-            try:
-                fd = os.open(path, flags, 0o644)
-            except FileNotFoundError:
-                # Someone removed tmp/ under us (by hand); recreate it.
-                os.makedirs(self.tmp, exist_ok=True)
-                continue
-            # Between open and lock another instance's clean-up may lock and
-            # unlink the new file: if the lock fails, or the name no longer
-            # leads to our file, start over with a fresh name.
-            if _flock is not None and not _flock(fd):
-                os.close(fd)
-                continue
-            if not _same_file(path, fd):
-                os.close(fd)
-                continue
-            return fd, path
-
-    def publish(self, fd: int, temp: str, final: str, *, replace: bool) -> None:
-        """Make the temporary file ``temp`` (open as ``fd``) visible as ``final``.
-
-        ``fsync`` before the rename, so a crash never shows a name with
-        partial content; ``fsync`` the directory after, so the rename
-        persists. With ``replace=False`` an existing ``final`` is kept (the
-        content is the same, by its digest) and ``temp`` is removed. Closes
-        ``fd`` in every case.
-        """
-        try:
-            parent = os.path.dirname(final)
-            if not replace and os.path.exists(final):
-                os.unlink(temp)
-            else:
-                os.fsync(fd)
-                _make_dirs(parent)
-                os.replace(temp, final)
-                _fsync_dir(parent)
-        except BaseException:
-            _discard(fd, temp)
-            raise
-        os.close(fd)
-
-    def write_file(self, final: str, data: bytes) -> None:
-        """Atomically replace ``final`` with ``data``."""
-        fd, temp = self.create_temp()
-        try:
-            _write_all(fd, data)
-        except BaseException:
-            _discard(fd, temp)
-            raise
-        self.publish(fd, temp, final, replace=True)
-
-    def remove(self, path: str) -> bool:
-        """Remove the file ``path``; ``False`` if it was not there."""
-        try:
-            os.unlink(path)
-        except (FileNotFoundError, NotADirectoryError):
-            return False
-        _fsync_dir(os.path.dirname(path))
-        return True
 
 
 class FilesystemBlobStore:
@@ -228,7 +112,7 @@ class FilesystemBlobStore:
     """
 
     def __init__(self, root: str | os.PathLike[str], *, name: str = "filesystem") -> None:
-        self._root = _Root(root)
+        self._root = Root(root)
         self.name = name
 
     @property
@@ -248,7 +132,7 @@ class FilesystemBlobStore:
         # Only verifiable digests can ever be ingested; others are never here.
         if not digest.verifiable:
             return None
-        size = await _run("stat blob", _size_or_none, self._path(digest))
+        size = await run("stat blob", _size_or_none, self._path(digest))
         if size is None:
             return None
         return Descriptor(BLOB_MEDIA_TYPE, digest, size)
@@ -258,7 +142,7 @@ class FilesystemBlobStore:
         check_offset(offset, None, digest)
         if not digest.verifiable:
             return None
-        opened = await _run("open blob", _open_at, self._path(digest), offset)
+        opened = await run("open blob", _open_at, self._path(digest), offset)
         if opened is None:
             return None
         file, first, size = opened
@@ -275,7 +159,7 @@ class FilesystemBlobStore:
         digest = Digest.parse(digest)
         if not digest.verifiable:
             return False
-        return await _run("delete blob", self._root.remove, self._path(digest))
+        return await run("delete blob", self._root.remove, self._path(digest))
 
     def __repr__(self) -> str:
         return f"FilesystemBlobStore({str(self.root)!r}, name={self.name!r})"
@@ -305,7 +189,7 @@ class _FileWriter:
         "_verifier",
     )
 
-    def __init__(self, root: _Root, verifier: DigestVerifier, final: str) -> None:
+    def __init__(self, root: Root, verifier: DigestVerifier, final: str) -> None:
         self._root = root
         self._verifier = verifier
         self._final = final
@@ -343,7 +227,7 @@ class _FileWriter:
         try:
             self._verifier.verify()
             rest, self._buffer = bytes(self._buffer), bytearray()
-            await _run("publish blob", self._publish, rest)
+            await run("publish blob", self._publish, rest)
         except BaseException:
             await self._fail()
             raise
@@ -355,13 +239,13 @@ class _FileWriter:
         # the hash's first await, so the write is cancelled before it starts.
         await together(
             lambda: self._verifier.aupdate(data),
-            lambda: _run("write blob", self._append, data),
+            lambda: run("write blob", self._append, data),
         )
 
     async def _flush(self) -> None:
         if self._buffer:
             data, self._buffer = bytes(self._buffer), bytearray()
-            await _run("write blob", self._append, data)
+            await run("write blob", self._append, data)
 
     def _append(self, data: bytes) -> None:
         """Write ``data`` to the temporary file, creating it first if needed."""
@@ -370,7 +254,7 @@ class _FileWriter:
                 self._fd, self._temp = self._root.create_temp()
         # Not under the lock: writes and read-backs touch different offsets,
         # and the file is only closed after the last write (commit or failure).
-        _write_all(self._fd, data)
+        _fsroot.write_all(self._fd, data)
         self._on_disk += len(data)
 
     async def read_back(self, offset: int, size: int) -> bytes:
@@ -428,7 +312,7 @@ class _FileWriter:
         with self._lock:
             fd, self._fd = self._fd, None
             if fd is not None:
-                _discard(fd, self._temp)
+                _fsroot.discard(fd, self._temp)
 
 
 class _FileChunks:
@@ -461,7 +345,7 @@ class _FileChunks:
             raise StopAsyncIteration
         want = min(CHUNK_SIZE, self._end - self._position)
         try:
-            chunk = await _run("read blob", file.read, want)
+            chunk = await run("read blob", file.read, want)
         except BaseException:
             await self.aclose()
             raise
@@ -493,7 +377,7 @@ class FilesystemManifestStore:
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self._root = _Root(root)
+        self._root = Root(root)
 
     @property
     def root(self) -> Path:
@@ -515,7 +399,7 @@ class FilesystemManifestStore:
         if not digest.verifiable:
             return None
         path = self._manifest_path(repository, digest)
-        content = await _run("read manifest", _read_or_none, path)
+        content = await run("read manifest", read_or_none, path)
         if content is None:
             return None
         media_type, newline, data = content.partition(b"\n")
@@ -533,9 +417,9 @@ class FilesystemManifestStore:
         path = self._manifest_path(repository, manifest.digest)
         content = manifest.media_type.encode("ascii") + b"\n" + manifest.data
         if manifest.subject is None:
-            await _run("write manifest", self._root.write_file, path, content)
+            await run("write manifest", self._root.write_file, path, content)
             return
-        await _run("write manifest", self._put_referrer, repository, manifest, path, content)
+        await run("write manifest", self._put_referrer, repository, manifest, path, content)
 
     def _put_referrer(self, repository: str, manifest: Manifest, path: str, content: bytes) -> None:
         # The entry first: it only counts once the manifest is there too.
@@ -551,11 +435,11 @@ class FilesystemManifestStore:
         digest = Digest.parse(digest)
         if not digest.verifiable:
             return False
-        return await _run("delete manifest", self._delete_manifest, repository, digest)
+        return await run("delete manifest", self._delete_manifest, repository, digest)
 
     def _delete_manifest(self, repository: str, digest: Digest) -> bool:
         path = self._manifest_path(repository, digest)
-        content = _read_or_none(path)
+        content = read_or_none(path)
         subject = _subject_of(content) if content is not None else None
         if subject is None:
             return self._root.remove(path)
@@ -569,7 +453,7 @@ class FilesystemManifestStore:
         """See :class:`~dockerconnect.ReferrersIndex`."""
         repository = validate_repository(repository)
         subject = Digest.parse(subject)
-        return await _run("list referrers", self._referrers, repository, subject)
+        return await run("list referrers", self._referrers, repository, subject)
 
     def _referrers(self, repository: str, subject: Digest) -> list[Descriptor]:
         directory = self._repository(repository, REFERRERS_DIR, subject.algorithm, subject.hex)
@@ -582,7 +466,7 @@ class FilesystemManifestStore:
             digest = _referrer_digest(name)
             if digest is None or not os.path.exists(self._manifest_path(repository, digest)):
                 continue
-            content = _read_or_none(os.path.join(directory, name))
+            content = read_or_none(os.path.join(directory, name))
             if content is None:
                 continue
             try:
@@ -598,25 +482,18 @@ class FilesystemManifestStore:
         name = f"{referrer.algorithm}-{referrer.hex}{TAG_SUFFIX}"
         return self._repository(repository, REFERRERS_DIR, subject.algorithm, subject.hex, name)
 
-    @contextmanager
-    def _subject_lock(self, repository: str, subject: Digest) -> Iterator[None]:
-        path = self._repository(
-            repository, REFERRERS_DIR, subject.algorithm, subject.hex + LOCK_SUFFIX
+    def _subject_lock(self, repository: str, subject: Digest) -> AbstractContextManager[None]:
+        return locked(
+            self._repository(
+                repository, REFERRERS_DIR, subject.algorithm, subject.hex + LOCK_SUFFIX
+            )
         )
-        _make_dirs(os.path.dirname(path))
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | _O_BINARY, 0o644)
-        try:
-            if _flock_wait is not None:
-                _flock_wait(fd)
-            yield
-        finally:
-            os.close(fd)
 
     async def get_tag(self, repository: str, tag: str) -> TagRecord | None:
         repository = validate_repository(repository)
         tag = validate_tag(tag)
         path = self._tag_path(repository, tag)
-        content = await _run("read tag", _read_or_none, path)
+        content = await run("read tag", read_or_none, path)
         if content is None:
             return None
         try:
@@ -642,117 +519,24 @@ class FilesystemManifestStore:
             "source": record.source,
         }
         content = json.dumps(doc, sort_keys=True).encode()
-        await _run("write tag", self._root.write_file, self._tag_path(repository, tag), content)
+        await run("write tag", self._root.write_file, self._tag_path(repository, tag), content)
 
     async def delete_tag(self, repository: str, tag: str) -> bool:
         repository = validate_repository(repository)
         tag = validate_tag(tag)
-        return await _run("delete tag", self._root.remove, self._tag_path(repository, tag))
+        return await run("delete tag", self._root.remove, self._tag_path(repository, tag))
 
     async def tags(self, repository: str) -> list[str] | None:
         repository = validate_repository(repository)
-        return await _run("list tags", _list_tags, self._repository(repository))
+        return await run("list tags", _list_tags, self._repository(repository))
 
     async def repositories(self) -> list[str]:
         top = self._root.join(REPOSITORIES_DIR)
-        found = await _run("list repositories", _list_repositories, top)
+        found = await run("list repositories", _list_repositories, top)
         return sorted(found)
 
     def __repr__(self) -> str:
         return f"FilesystemManifestStore({str(self.root)!r})"
-
-
-# The blocking work below runs in worker threads.
-
-
-async def _run(what: str, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """``func(*args, **kwargs)`` in a worker thread, ``OSError`` as ``StorageError``."""
-    try:
-        if kwargs:
-            return await anyio.to_thread.run_sync(lambda: func(*args, **kwargs))
-        return await anyio.to_thread.run_sync(func, *args)
-    except OSError as exc:
-        raise StorageError(f"could not {what}: {_reason(exc)}") from exc
-
-
-def _reason(exc: OSError) -> str:
-    # The message may reach an HTTP client: name the failure, not the paths.
-    return exc.strerror or type(exc).__name__
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def _discard(fd: int, temp: str) -> None:
-    # Best effort: a failure here must not hide the error that led to the
-    # discard, and the next store opened over this root removes what is left.
-    try:
-        os.close(fd)
-    except OSError:
-        pass
-    try:
-        os.unlink(temp)
-    except OSError:
-        pass
-
-
-def _same_file(path: str, fd: int) -> bool:
-    try:
-        on_disk = os.stat(path)
-    except FileNotFoundError:
-        return False
-    held = os.fstat(fd)
-    return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
-
-
-def _remove_leftovers(tmp: str) -> None:
-    """Remove every file in ``tmp`` that no live writer holds."""
-    for entry in os.scandir(tmp):
-        if not entry.is_file(follow_symlinks=False):
-            continue
-        if _flock is None:
-            try:
-                os.unlink(entry.path)
-            except (FileNotFoundError, PermissionError):
-                pass
-            continue
-        try:
-            fd = os.open(entry.path, os.O_RDONLY | _O_BINARY)
-        except FileNotFoundError:
-            continue
-        try:
-            if _flock(fd) and _same_file(entry.path, fd):
-                os.unlink(entry.path)
-        finally:
-            os.close(fd)
-
-
-def _make_dirs(path: str) -> None:
-    """``os.makedirs``, ``fsync``-ing each parent that gained an entry."""
-    missing: list[str] = []
-    while not os.path.isdir(path):
-        missing.append(path)
-        path = os.path.dirname(path)
-    for directory in reversed(missing):
-        try:
-            os.mkdir(directory)
-        except FileExistsError:
-            continue
-        _fsync_dir(os.path.dirname(directory))
-
-
-def _fsync_dir(path: str) -> None:
-    if os.name != "posix":  # pragma: no cover - directories cannot be opened elsewhere
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _size_or_none(path: str) -> int | None:
@@ -803,14 +587,6 @@ def _referrer_digest(name: str) -> Digest | None:
     try:
         return Digest.parse(f"{algorithm}:{hex_}") if dash else None
     except DigestInvalid:
-        return None
-
-
-def _read_or_none(path: str) -> bytes | None:
-    try:
-        with open(path, "rb") as file:
-            return file.read()
-    except (FileNotFoundError, NotADirectoryError):
         return None
 
 

@@ -142,7 +142,8 @@ async def test_documented_layout(tmp_path: Path) -> None:
         "source": "hub",
     }
     assert os.listdir(tmp_path / "tmp") == []
-    assert sorted(os.listdir(tmp_path)) == ["blobs", "repositories", "tmp"]
+    assert sorted(os.listdir(tmp_path)) == ["blobs", "repositories", "tmp", "usage"]
+    assert os.listdir(tmp_path / "usage" / "sha256") == [f"{digest.hex[:2]}.lock"]
 
 
 @pytest.mark.parametrize("kind", [str, Path])

@@ -26,6 +26,7 @@ from dockerconnect._policy import CachingPolicy, StaleDecision, TagDecision
 from dockerconnect._protocols import (
     BlobStore,
     BlobWriter,
+    CachedBlob,
     Connector,
     IntegrityEntry,
     IntegrityReport,
@@ -33,6 +34,7 @@ from dockerconnect._protocols import (
     ReferrersIndex,
     Registry,
     TagRecord,
+    UsageLog,
 )
 from dockerconnect._reference import Reference, validate_repository, validate_tag
 from dockerconnect._registry_connector import RegistryConnector
@@ -54,6 +56,7 @@ __all__ = [
     "BlobStore",
     "BlobStream",
     "BlobWriter",
+    "CachedBlob",
     "CachingPolicy",
     "Connector",
     "Descriptor",
@@ -78,6 +81,7 @@ __all__ = [
     "StaleDecision",
     "TagDecision",
     "TagRecord",
+    "UsageLog",
     "errors",
     "validate_repository",
     "validate_tag",

@@ -15,6 +15,8 @@ its own)::
     │   ├── _referrers/<algorithm>/<hex>.lock  taken while that subject's entries change
     │   └── _tags/<tag>.json                   a TagRecord:
     │                                          {"confirmed_at", "digest", "media_type", "source"}
+    ├── usage/<algorithm>/<hex[:2]>/<hex>.json a blob's origin: {"source", "at"} (UsageLog)
+    ├── usage/<algorithm>/<hex[:2]>.lock       taken to mark, flush, remove or re-commit
     └── tmp/<random>.tmp                       files being written
 
 Every path is built from validated parts only: repository components match
@@ -47,6 +49,12 @@ between leaves an entry that is ignored, never a stored referrer that is not
 listed. Changes to one subject's entries hold an ``flock`` on its ``.lock``
 file, so processes that put and delete the same referrer at once agree.
 
+The blob store is also a :class:`~dockerconnect.UsageLog` (see
+:mod:`dockerconnect._fsusage`): a blob's last use is its file's modification
+time, and marking, flushing uses, removing a cached blob and committing a
+blob that is already held all take the ``flock`` of the blob's bucket, so
+processes sharing the root never remove a blob another one is committing.
+
 Blob writers hash through :class:`~dockerconnect.DigestVerifier` and publish
 only verified bytes. Two writers of the same digest at once both succeed and
 leave one file. Reads stream chunks of at most
@@ -64,9 +72,10 @@ import io
 import json
 import os
 import threading
+from collections import Counter
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Final
 
 import anyio
 import anyio.to_thread
@@ -75,10 +84,11 @@ from dockerconnect import _fsroot
 from dockerconnect._descriptor import Descriptor
 from dockerconnect._digest import Digest, DigestVerifier
 from dockerconnect._fsroot import LOCK_SUFFIX, Root, locked, read_or_none, run
+from dockerconnect._fsusage import Usage
 from dockerconnect._manifest import Manifest
-from dockerconnect._protocols import BLOB_MEDIA_TYPE, BlobWriter, TagRecord
+from dockerconnect._protocols import BLOB_MEDIA_TYPE, BlobWriter, CachedBlob, TagRecord
 from dockerconnect._reference import validate_repository, validate_tag
-from dockerconnect._stores import check_offset, check_writable, ingest
+from dockerconnect._stores import check_offset, check_time, check_writable, ingest
 from dockerconnect._stream import CHUNK_SIZE, BlobStream
 from dockerconnect._together import together
 from dockerconnect.errors import (
@@ -93,7 +103,6 @@ from dockerconnect.errors import (
 
 __all__ = ["FilesystemBlobStore", "FilesystemManifestStore"]
 
-T = TypeVar("T")
 
 BLOBS_DIR: Final = "blobs"
 REPOSITORIES_DIR: Final = "repositories"
@@ -114,6 +123,8 @@ class FilesystemBlobStore:
     def __init__(self, root: str | os.PathLike[str], *, name: str = "filesystem") -> None:
         self._root = Root(root)
         self.name = name
+        self._busy: Counter[Digest] = Counter()
+        self._usage = Usage(self._root, self._path, self._busy)
 
     @property
     def root(self) -> Path:
@@ -153,13 +164,46 @@ class FilesystemBlobStore:
     def ingest(
         self, digest: Digest, size: int | None = None
     ) -> AbstractAsyncContextManager[BlobWriter]:
-        return ingest(digest, size, lambda v: _FileWriter(self._root, v, self._path(v.digest)))
+        return ingest(
+            digest,
+            size,
+            lambda v: _FileWriter(self._root, v, self._path(v.digest), self._usage),
+            busy=self._busy,
+        )
 
     async def delete(self, digest: Digest) -> bool:
         digest = Digest.parse(digest)
         if not digest.verifiable:
             return False
-        return await run("delete blob", self._root.remove, self._path(digest))
+        removed = await run("delete blob", self._root.remove, self._path(digest))
+        await run("delete blob", self._usage.forget, digest)
+        return removed
+
+    # --- UsageLog ---------------------------------------------------------------
+
+    async def mark(self, digest: Digest, *, source: str | None, at: float) -> None:
+        """See :class:`~dockerconnect.UsageLog`."""
+        digest, at = Digest.parse(digest), check_time(at)
+        await run("mark blob", self._usage.mark, digest, source, at)
+
+    def touch(self, digest: Digest, at: float) -> None:
+        """See :class:`~dockerconnect.UsageLog`; no I/O until :meth:`flush`."""
+        self._usage.touch(Digest.parse(digest), check_time(at))
+
+    async def flush(self) -> None:
+        """See :class:`~dockerconnect.UsageLog`."""
+        await run("record blob use", self._usage.flush)
+
+    async def cached(self) -> list[CachedBlob]:
+        """See :class:`~dockerconnect.UsageLog`."""
+        return await run("list cached blobs", self._usage.cached)
+
+    async def remove_cached(self, digest: Digest, *, unused_since: float) -> bool:
+        """See :class:`~dockerconnect.UsageLog`."""
+        digest, unused_since = Digest.parse(digest), check_time(unused_since, bound=True)
+        if not digest.verifiable:
+            return False
+        return await run("remove cached blob", self._usage.remove_cached, digest, unused_since)
 
     def __repr__(self) -> str:
         return f"FilesystemBlobStore({str(self.root)!r}, name={self.name!r})"
@@ -186,11 +230,13 @@ class _FileWriter:
         "_root",
         "_state",
         "_temp",
+        "_usage",
         "_verifier",
     )
 
-    def __init__(self, root: Root, verifier: DigestVerifier, final: str) -> None:
+    def __init__(self, root: Root, verifier: DigestVerifier, final: str, usage: Usage) -> None:
         self._root = root
+        self._usage = usage
         self._verifier = verifier
         self._final = final
         # Set from a worker thread by ``_append``; read by ``_release``.
@@ -281,8 +327,10 @@ class _FileWriter:
     def _publish(self, rest: bytes) -> None:
         with self._lock:
             self._state = "publishing"
-        if self._fd is None and os.path.exists(self._final):
-            # Small and already stored: no file needs writing at all.
+        if self._usage.refresh_held(self._final, self._verifier.digest):
+            # Already stored, and now counted as used under the bucket lock, so
+            # a removal of it in another process cannot slip in between.
+            self._discard_locked()
             return
         self._append(rest)
         with self._lock:

@@ -7,6 +7,8 @@ and pass the same conformance suites (:mod:`dockerconnect.testing`).
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from typing import TypeVar
@@ -16,9 +18,9 @@ import anyio.lowlevel
 from dockerconnect._descriptor import Descriptor
 from dockerconnect._digest import Digest, DigestVerifier
 from dockerconnect._manifest import Manifest
-from dockerconnect._protocols import BLOB_MEDIA_TYPE, BlobWriter, TagRecord
+from dockerconnect._protocols import BLOB_MEDIA_TYPE, BlobWriter, CachedBlob, TagRecord
 from dockerconnect._reference import validate_repository, validate_tag
-from dockerconnect._stores import check_offset, check_writable, ingest
+from dockerconnect._stores import check_offset, check_source, check_time, check_writable, ingest
 from dockerconnect._stream import CHUNK_SIZE, BlobStream
 from dockerconnect.errors import BlobUploadInvalid, InvalidInput
 
@@ -34,11 +36,17 @@ class MemoryBlobStore:
 
     Streams yield chunks of at most :data:`~dockerconnect._stream.CHUNK_SIZE`
     bytes. ``name`` is what returned streams report as their ``source``.
+    It is also a :class:`~dockerconnect.UsageLog`: origins and uses are
+    kept in dicts beside the blobs (``flush`` has nothing to write).
     """
 
     def __init__(self, *, name: str = "memory") -> None:
         self.name = name
         self._blobs: dict[Digest, bytes] = {}
+        # digest -> (source, cached_at); source None: pushed (sticky).
+        self._marks: dict[Digest, tuple[str | None, float]] = {}
+        self._used: dict[Digest, float] = {}
+        self._busy: Counter[Digest] = Counter()
 
     async def stat(self, digest: Digest) -> Descriptor | None:
         digest = Digest.parse(digest)
@@ -60,12 +68,65 @@ class MemoryBlobStore:
     def ingest(
         self, digest: Digest, size: int | None = None
     ) -> AbstractAsyncContextManager[BlobWriter]:
-        return ingest(digest, size, lambda verifier: _MemoryWriter(self._blobs, verifier))
+        return ingest(
+            digest, size, lambda verifier: _MemoryWriter(self._blobs, verifier), busy=self._busy
+        )
 
     async def delete(self, digest: Digest) -> bool:
         digest = Digest.parse(digest)
         await anyio.lowlevel.checkpoint()
+        self._marks.pop(digest, None)
+        self._used.pop(digest, None)
         return self._blobs.pop(digest, None) is not None
+
+    # --- UsageLog -------------------------------------------------------------
+
+    async def mark(self, digest: Digest, *, source: str | None, at: float) -> None:
+        """See :class:`~dockerconnect.UsageLog`."""
+        digest, at = Digest.parse(digest), check_time(at)
+        await anyio.lowlevel.checkpoint()
+        current = self._marks.get(digest)
+        if source is None:
+            self._marks[digest] = (None, at)
+        elif current is None:
+            self._marks[digest] = (check_source(source), at)
+            self.touch(digest, at)
+
+    def touch(self, digest: Digest, at: float) -> None:
+        """See :class:`~dockerconnect.UsageLog`."""
+        digest, at = Digest.parse(digest), check_time(at)
+        if at > self._used.get(digest, -math.inf):
+            self._used[digest] = at
+
+    async def flush(self) -> None:
+        """Nothing to write: uses are kept in memory."""
+        await anyio.lowlevel.checkpoint()
+
+    async def cached(self) -> list[CachedBlob]:
+        """See :class:`~dockerconnect.UsageLog`."""
+        await anyio.lowlevel.checkpoint()
+        found = []
+        for digest, (source, cached_at) in self._marks.items():
+            data = self._blobs.get(digest)
+            if source is None or data is None:
+                continue
+            used = self._used.get(digest, cached_at)
+            found.append(CachedBlob(digest, len(data), source, cached_at, used))
+        return sorted(found, key=lambda b: (b.last_used, str(b.digest)))
+
+    async def remove_cached(self, digest: Digest, *, unused_since: float) -> bool:
+        """See :class:`~dockerconnect.UsageLog`."""
+        digest, unused_since = Digest.parse(digest), check_time(unused_since, bound=True)
+        await anyio.lowlevel.checkpoint()
+        mark = self._marks.get(digest)
+        if mark is None or mark[0] is None or digest not in self._blobs:
+            return False
+        if self._busy[digest] or self._used.get(digest, mark[1]) > unused_since:
+            return False
+        # Open streams hold the bytes themselves: they read on, whole.
+        del self._blobs[digest], self._marks[digest]
+        self._used.pop(digest, None)
+        return True
 
     def __repr__(self) -> str:
         return f"MemoryBlobStore(name={self.name!r}, blobs={len(self._blobs)})"

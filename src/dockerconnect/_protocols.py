@@ -21,6 +21,7 @@ from dockerconnect._stream import BlobStream
 __all__ = [
     "BlobStore",
     "BlobWriter",
+    "CachedBlob",
     "Connector",
     "IntegrityEntry",
     "IntegrityReport",
@@ -30,6 +31,7 @@ __all__ = [
     "Registry",
     "TagRecord",
     "TagStore",
+    "UsageLog",
 ]
 
 #: The media type a blob store reports: stores keep bytes, not their meaning.
@@ -97,6 +99,83 @@ class BlobStore(Protocol):
 
     async def delete(self, digest: Digest) -> bool:
         """Remove the blob; ``False`` if it was not there."""
+        ...
+
+
+@attrs.frozen(slots=True)
+class CachedBlob:
+    """A blob held because it was fetched through a connector, and its use.
+
+    ``source`` is the connector's name; ``cached_at`` and ``last_used`` are
+    times on the clock of whoever called :meth:`UsageLog.mark` and
+    :meth:`UsageLog.touch` (a resolver's injected clock).
+    """
+
+    digest: Digest = attrs.field(converter=as_digest)
+    size: int
+    source: str
+    cached_at: float
+    last_used: float
+
+
+@runtime_checkable
+class UsageLog(Protocol):
+    """An optional capability of a :class:`BlobStore`: which blobs are a cache, and
+    when each was last used, so that retention can remove them safely.
+
+    The contract a retention policy relies on:
+
+    - **Origin.** :meth:`mark` records where a blob came from: ``source=None``
+      for content pushed to this registry (``push_blob``, or copied by
+      ``pin_on_push``), a connector's name for content cached through it.
+      Pushed is sticky: once a digest is marked pushed, marking it cached
+      again changes nothing, and it is never listed or removed here. A blob
+      that was never marked (say, a crash came between its commit and the
+      mark) is kept too: only what is known to be a cache is removable. So
+      mark pushed content *before* ingesting it, and cached content after its
+      commit. Marks may name a digest the store does not hold (yet).
+    - **Use.** :meth:`touch` records that a blob was served or fetched. It is
+      synchronous and does no I/O, so a warm read never waits on a write;
+      :meth:`flush` writes the pending uses in one batch. Call it
+      periodically and before :meth:`cached` is used to decide across
+      processes: a use is visible to other processes sharing the storage only
+      once flushed (within one store instance it counts at once). Times never
+      go backwards: a touch older than the recorded last use changes nothing.
+      Marking a blob cached counts as a use at that time.
+    - **Listing.** :meth:`cached` lists every held blob marked cached (not
+      pushed), each once, with its size, source, and times.
+    - **Removal.** :meth:`remove_cached` removes a blob only if it is held,
+      marked cached, not used after ``unused_since``, and no ``ingest`` of it
+      is in progress in this store instance; otherwise it returns ``False``
+      and changes nothing. A commit of the same digest racing it (in any
+      process sharing the storage) either finds the blob removed and
+      publishes its own copy, or counts as a use and keeps it. A stream
+      already open on the blob reads it to its end, whole.
+
+    Absent: ``False`` from :meth:`remove_cached`, nothing listed. Failed: a
+    ``DockerConnectError`` (``StorageError``). Invalid digests raise
+    ``DigestInvalid`` before any I/O. :class:`dockerconnect.testing.BlobStoreConformance`
+    tests this contract for stores that have it.
+    """
+
+    async def mark(self, digest: Digest, *, source: str | None, at: float) -> None:
+        """Record ``digest`` as pushed (``source=None``) or cached through ``source``."""
+        ...
+
+    def touch(self, digest: Digest, at: float) -> None:
+        """Note a use of ``digest`` at ``at``, without I/O; :meth:`flush` persists it."""
+        ...
+
+    async def flush(self) -> None:
+        """Write the uses :meth:`touch` noted since the last flush."""
+        ...
+
+    async def cached(self) -> list[CachedBlob]:
+        """Every held blob marked cached, least recently used first."""
+        ...
+
+    async def remove_cached(self, digest: Digest, *, unused_since: float) -> bool:
+        """Remove ``digest`` if it is a cache unused since ``unused_since``; see above."""
         ...
 
 

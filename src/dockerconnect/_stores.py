@@ -7,6 +7,8 @@ rules live here once.
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol, TypeVar
@@ -15,7 +17,14 @@ from dockerconnect._digest import Digest, DigestVerifier
 from dockerconnect._protocols import BlobWriter
 from dockerconnect.errors import BlobUploadInvalid, InvalidInput, RangeInvalid
 
-__all__ = ["check_offset", "check_size", "check_writable", "ingest"]
+__all__ = [
+    "check_offset",
+    "check_size",
+    "check_source",
+    "check_time",
+    "check_writable",
+    "ingest",
+]
 
 
 class ClosingWriter(BlobWriter, Protocol):
@@ -30,7 +39,11 @@ W = TypeVar("W", bound=ClosingWriter)
 
 
 def ingest(
-    digest: Digest, size: int | None, make_writer: Callable[[DigestVerifier], W]
+    digest: Digest,
+    size: int | None,
+    make_writer: Callable[[DigestVerifier], W],
+    *,
+    busy: Counter[Digest] | None = None,
 ) -> AbstractAsyncContextManager[BlobWriter]:
     """The body of every store's ``ingest``: check, then yield a writer that is
     always closed.
@@ -39,17 +52,29 @@ def ingest(
     the context manager, so bad input fails where it is passed and not at
     ``async with``. Leaving the block in any way (commit, exception,
     cancellation) closes the writer, which discards anything not committed.
+    ``busy`` counts the ingests of each digest in progress while the block
+    runs (what a store's ``remove_cached`` refuses to race).
     """
     verifier = DigestVerifier(Digest.parse(digest), check_size(size))
-    return _closing(make_writer(verifier))
+    return _closing(make_writer(verifier), verifier.digest, busy)
 
 
 @asynccontextmanager
-async def _closing(writer: ClosingWriter) -> AsyncIterator[BlobWriter]:
+async def _closing(
+    writer: ClosingWriter, digest: Digest, busy: Counter[Digest] | None
+) -> AsyncIterator[BlobWriter]:
+    if busy is not None:
+        busy[digest] += 1
     try:
         yield writer
     finally:
-        await writer.close()
+        try:
+            await writer.close()
+        finally:
+            if busy is not None:
+                busy[digest] -= 1
+                if not busy[digest]:
+                    del busy[digest]
 
 
 def check_offset(offset: int, size: int | None, digest: Digest) -> None:
@@ -80,3 +105,21 @@ def check_writable(state: str, digest: Digest) -> None:
         raise BlobUploadInvalid(
             f"the blob writer is {state}; start a new ingest", digest=str(digest)
         )
+
+
+def check_time(at: float, *, bound: bool = False) -> float:
+    """``at`` as a float if it is a finite number of seconds, else ``InvalidInput``.
+
+    A ``bound`` (such as ``unused_since``) may also be ``math.inf``: "whenever".
+    """
+    ok = not isinstance(at, bool) and isinstance(at, (int, float))
+    if not ok or not (math.isfinite(at) or (bound and at == math.inf)):
+        raise InvalidInput(f"a time must be a finite number of seconds, not {at!r}")
+    return float(at)
+
+
+def check_source(source: str) -> str:
+    """A connector name to record as a cached blob's origin, else ``InvalidInput``."""
+    if not isinstance(source, str) or not source:
+        raise InvalidInput(f"a cached blob's source must be a connector name, not {source!r}")
+    return source

@@ -40,9 +40,11 @@ from dockerconnect._manifest import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_M
 from dockerconnect._protocols import (
     BLOB_MEDIA_TYPE,
     BlobStore,
+    CachedBlob,
     ManifestStore,
     ReferrersIndex,
     TagRecord,
+    UsageLog,
 )
 from dockerconnect._stream import CHUNK_SIZE, BlobStream
 from dockerconnect.errors import (
@@ -152,7 +154,7 @@ class _Boom(Exception):
     """An error raised inside an ``ingest`` block by the test itself."""
 
 
-def _bad(value: str) -> Any:
+def _bad(value: object) -> Any:
     # The suite passes invalid values where the protocol wants a Digest: a
     # store must refuse them rather than trust its caller's type checker.
     return value
@@ -514,7 +516,175 @@ class BlobStoreConformance:
         with pytest.raises(ValueError):
             await _commit(blob_store, Digest.from_bytes(b""), b"", -1)
 
+    # --- usage and origin (optional: UsageLog) -------------------------------------------
+
+    @staticmethod
+    def _usage_log(store: BlobStore) -> UsageLog:
+        if not isinstance(store, UsageLog):
+            pytest.skip("the store has no usage log (UsageLog)")
+        return store
+
+    @pytest.mark.anyio
+    async def test_cached_blobs_are_listed_with_size_source_and_times(
+        self, blob_store: BlobStore
+    ) -> None:
+        log = self._usage_log(blob_store)
+        assert await log.cached() == []
+        small, large = b"cached small", random_blob(CHUNK_SIZE + 5, 40)
+        for data, at in ((small, 1000.0), (large, 1001.5)):
+            descriptor = await self._put(blob_store, data)
+            await log.mark(descriptor.digest, source="hub", at=at)
+        assert await log.cached() == [
+            CachedBlob(Digest.from_bytes(small), len(small), "hub", 1000.0, 1000.0),
+            CachedBlob(Digest.from_bytes(large), len(large), "hub", 1001.5, 1001.5),
+        ]
+        # Marking again keeps the first origin and time.
+        await log.mark(Digest.from_bytes(small), source="other", at=1005.0)
+        assert (await log.cached())[0].source == "hub"
+
+    @pytest.mark.anyio
+    async def test_pushed_and_unmarked_blobs_are_never_removed(self, blob_store: BlobStore) -> None:
+        log = self._usage_log(blob_store)
+        pushed, cached_then_pushed, unmarked = b"pushed", b"cached, then pushed", b"no mark"
+        # Pushed content is marked before its ingest; the mark is sticky.
+        await log.mark(Digest.from_bytes(pushed), source=None, at=10.0)
+        await self._put(blob_store, pushed)
+        await log.mark(Digest.from_bytes(pushed), source="hub", at=11.0)
+        await self._put(blob_store, cached_then_pushed)
+        await log.mark(Digest.from_bytes(cached_then_pushed), source="hub", at=10.0)
+        await log.mark(Digest.from_bytes(cached_then_pushed), source=None, at=12.0)
+        await self._put(blob_store, unmarked)
+        assert await log.cached() == []
+        for data in (pushed, cached_then_pushed, unmarked):
+            digest = Digest.from_bytes(data)
+            assert await log.remove_cached(digest, unused_since=math.inf) is False
+            assert await blob_store.stat(digest) is not None
+
+    @pytest.mark.anyio
+    async def test_touch_orders_by_last_use_and_never_goes_back(
+        self, blob_store: BlobStore
+    ) -> None:
+        log = self._usage_log(blob_store)
+        first, second = b"first cached", b"second cached"
+        for data in (first, second):
+            await self._put(blob_store, data)
+            await log.mark(Digest.from_bytes(data), source="hub", at=100.0)
+        log.touch(Digest.from_bytes(first), 150.0)
+        log.touch(Digest.from_bytes(first), 120.0)  # older: ignored
+        listed = await log.cached()
+        assert [(b.digest, b.last_used) for b in listed] == [
+            (Digest.from_bytes(second), 100.0),
+            (Digest.from_bytes(first), 150.0),
+        ]
+        await log.flush()
+        assert await log.cached() == listed
+        await log.flush()  # nothing pending: a no-op
+        assert await log.cached() == listed
+
+    @pytest.mark.anyio
+    async def test_remove_cached_only_when_unused_since(self, blob_store: BlobStore) -> None:
+        log = self._usage_log(blob_store)
+        data = b"cached and idle"
+        digest = (await self._put(blob_store, data)).digest
+        await log.mark(digest, source="hub", at=100.0)
+        log.touch(digest, 200.0)
+        assert await log.remove_cached(digest, unused_since=199.0) is False
+        await log.flush()
+        assert await log.remove_cached(digest, unused_since=199.0) is False
+        assert await blob_store.stat(digest) is not None
+        assert await log.remove_cached(digest, unused_since=200.0) is True
+        assert await blob_store.stat(digest) is None
+        assert await blob_store.open(digest) is None
+        assert await log.cached() == []
+        assert await log.remove_cached(digest, unused_since=math.inf) is False
+        # Cached again later, it starts afresh.
+        await self._put(blob_store, data)
+        await log.mark(digest, source="mirror", at=300.0)
+        assert await log.cached() == [CachedBlob(digest, len(data), "mirror", 300.0, 300.0)]
+
+    @pytest.mark.anyio
+    async def test_remove_cached_refuses_during_an_ingest(self, blob_store: BlobStore) -> None:
+        log = self._usage_log(blob_store)
+        data = random_blob(2 * CHUNK_SIZE, 41)
+        digest = (await self._put(blob_store, data)).digest
+        await log.mark(digest, source="hub", at=1.0)
+        async with blob_store.ingest(digest, len(data)) as writer:
+            await writer.write(data[:CHUNK_SIZE])
+            assert await log.remove_cached(digest, unused_since=math.inf) is False
+            await writer.write(data[CHUNK_SIZE:])
+            await writer.commit()
+        assert await blob_store.stat(digest) is not None
+        assert await log.remove_cached(digest, unused_since=math.inf) is True
+
+    @pytest.mark.anyio
+    async def test_open_stream_reads_a_removed_blob_to_its_end(self, blob_store: BlobStore) -> None:
+        log = self._usage_log(blob_store)
+        data = random_blob(3 * CHUNK_SIZE + 11, 42)
+        digest = (await self._put(blob_store, data)).digest
+        await log.mark(digest, source="hub", at=1.0)
+        stream = await blob_store.open(digest)
+        assert stream is not None
+        async with stream:
+            iterator = aiter(stream)
+            first = await anext(iterator)
+            assert await log.remove_cached(digest, unused_since=math.inf) is True
+            rest = [chunk async for chunk in iterator]
+        assert first + b"".join(rest) == data
+        assert await blob_store.stat(digest) is None
+
+    @pytest.mark.anyio
+    async def test_delete_forgets_the_mark(self, blob_store: BlobStore) -> None:
+        log = self._usage_log(blob_store)
+        digest = (await self._put(blob_store, b"deleted outright")).digest
+        await log.mark(digest, source="hub", at=1.0)
+        assert await blob_store.delete(digest) is True
+        assert await log.cached() == []
+        await self._put(blob_store, b"deleted outright")
+        assert await log.cached() == []  # held again, but not known as a cache
+
+    @pytest.mark.anyio
+    async def test_usage_log_refuses_bad_input(self, blob_store: BlobStore) -> None:
+        log = self._usage_log(blob_store)
+        digest = Digest.from_bytes(b"x")
+        for bad in INVALID_DIGESTS[:4]:
+            with pytest.raises(DigestInvalid):
+                await log.mark(_bad(bad), source="hub", at=1.0)
+            with pytest.raises(DigestInvalid):
+                log.touch(_bad(bad), 1.0)
+            with pytest.raises(DigestInvalid):
+                await log.remove_cached(_bad(bad), unused_since=1.0)
+        for at in (math.nan, math.inf, "1", None):
+            with pytest.raises(ValueError):
+                await log.mark(digest, source="hub", at=_bad(at))
+            with pytest.raises(ValueError):
+                log.touch(digest, _bad(at))
+        with pytest.raises(ValueError):
+            await log.mark(digest, source="", at=1.0)
+        assert await log.cached() == []
+
     # --- persistence ------------------------------------------------------------------
+
+    @pytest.mark.anyio
+    async def test_usage_survives_a_restart(
+        self, blob_store: BlobStore, blob_store_factory: BlobStoreFactory
+    ) -> None:
+        if not self.persistent:
+            pytest.skip("the store is not persistent")
+        log = self._usage_log(blob_store)
+        cached, pushed = b"cached before the restart", b"pushed before the restart"
+        await log.mark(Digest.from_bytes(pushed), source=None, at=5.0)
+        await self._put(blob_store, pushed)
+        await self._put(blob_store, cached)
+        await log.mark(Digest.from_bytes(cached), source="hub", at=5.0)
+        log.touch(Digest.from_bytes(cached), 9.0)
+        await log.flush()
+        reopened = self._usage_log(await make_store(blob_store_factory))
+        assert await reopened.cached() == [
+            CachedBlob(Digest.from_bytes(cached), len(cached), "hub", 5.0, 9.0)
+        ]
+        assert await reopened.remove_cached(Digest.from_bytes(pushed), unused_since=99.0) is False
+        assert await reopened.remove_cached(Digest.from_bytes(cached), unused_since=99.0) is True
+        assert await blob_store.stat(Digest.from_bytes(cached)) is None
 
     @pytest.mark.anyio
     async def test_restart(

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -473,3 +477,70 @@ def test_referrers_index_is_a_capability_of_the_shipped_manifest_stores(tmp_path
     assert isinstance(MemoryManifestStore(), ReferrersIndex)
     assert isinstance(FilesystemManifestStore(tmp_path), ReferrersIndex)
     assert not isinstance(MemoryBlobStore(), ReferrersIndex)
+
+
+# --- filesystem: the usage log across processes ---------------------------------------
+
+_OTHER_PROCESS = """
+import sys, anyio
+from dockerconnect import Digest, FilesystemBlobStore
+
+async def main() -> None:
+    store = FilesystemBlobStore(sys.argv[1])
+    data = bytes.fromhex(sys.argv[2])
+    if sys.argv[3] == "commit":
+        async with store.ingest(Digest.from_bytes(data), len(data)) as writer:
+            await writer.write(data)
+            await writer.commit()
+    else:
+        store.touch(Digest.from_bytes(data), float(sys.argv[4]))
+        await store.flush()
+
+anyio.run(main)
+"""
+
+
+def _in_another_process(root: Path, data: bytes, *args: str) -> None:
+    src = Path(__file__).resolve().parent.parent / "src"
+    subprocess.run(
+        [sys.executable, "-c", _OTHER_PROCESS, str(root), data.hex(), *args],
+        env={**os.environ, "PYTHONPATH": str(src)},
+        check=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.anyio
+async def test_a_commit_in_another_process_keeps_a_cached_blob(tmp_path: Path) -> None:
+    store = FilesystemBlobStore(tmp_path)
+    data = b"cached long ago, committed again elsewhere"
+    digest = Digest.from_bytes(data)
+    async with store.ingest(digest, len(data)) as writer:
+        await writer.write(data)
+        await writer.commit()
+    await store.mark(digest, source="hub", at=1000.0)
+    before = time.time() - 1
+    # Another process sharing the root commits the same blob: that is a use,
+    # recorded under the bucket lock, so a removal of "idle" content keeps it.
+    await anyio.to_thread.run_sync(_in_another_process, tmp_path, data, "commit")
+    (listed,) = await store.cached()
+    assert listed.last_used >= before
+    assert await store.remove_cached(digest, unused_since=before) is False
+    assert await store.stat(digest) is not None
+    assert await store.remove_cached(digest, unused_since=math.inf) is True
+    assert filesystem_leftovers(tmp_path) == []
+
+
+@pytest.mark.anyio
+async def test_flushed_uses_are_seen_by_other_processes(tmp_path: Path) -> None:
+    store = FilesystemBlobStore(tmp_path)
+    data = b"used in another process"
+    digest = Digest.from_bytes(data)
+    async with store.ingest(digest, len(data)) as writer:
+        await writer.write(data)
+        await writer.commit()
+    await store.mark(digest, source="hub", at=1000.0)
+    await anyio.to_thread.run_sync(_in_another_process, tmp_path, data, "touch", "2500.0")
+    assert [b.last_used for b in await store.cached()] == [2500.0]
+    assert await store.remove_cached(digest, unused_since=2000.0) is False
+    assert await store.remove_cached(digest, unused_since=2500.0) is True

@@ -13,8 +13,10 @@ its own)::
     │   ├── _referrers/<algorithm>/<hex>/      the referrers of the subject <algorithm>:<hex>:
     │   │   └── <algorithm>-<hex>.json         one referrer's descriptor (Descriptor.to_json)
     │   ├── _referrers/<algorithm>/<hex>.lock  taken while that subject's entries change
-    │   └── _tags/<tag>.json                   a TagRecord:
-    │                                          {"confirmed_at", "digest", "media_type", "source"}
+    │   ├── _tags/<tag>.json                   a TagRecord:
+    │   │                                      {"confirmed_at", "digest", "media_type", "source"}
+    │   ├── _usage/<algorithm>/<hex>.json      a manifest's origin (ManifestUsageLog)
+    │   └── _usage.lock                        taken to mark, flush or remove
     ├── usage/<algorithm>/<hex[:2]>/<hex>.json a blob's origin: {"source", "at"} (UsageLog)
     ├── usage/<algorithm>/<hex[:2]>.lock       taken to mark, flush, remove or re-commit
     └── tmp/<random>.tmp                       files being written
@@ -84,9 +86,15 @@ from dockerconnect import _fsroot
 from dockerconnect._descriptor import Descriptor
 from dockerconnect._digest import Digest, DigestVerifier
 from dockerconnect._fsroot import LOCK_SUFFIX, Root, locked, read_or_none, run
-from dockerconnect._fsusage import Usage
+from dockerconnect._fsusage import ManifestUsage, Usage
 from dockerconnect._manifest import Manifest
-from dockerconnect._protocols import BLOB_MEDIA_TYPE, BlobWriter, CachedBlob, TagRecord
+from dockerconnect._protocols import (
+    BLOB_MEDIA_TYPE,
+    BlobWriter,
+    CachedBlob,
+    CachedManifest,
+    TagRecord,
+)
 from dockerconnect._reference import validate_repository, validate_tag
 from dockerconnect._stores import check_offset, check_time, check_writable, ingest
 from dockerconnect._stream import CHUNK_SIZE, BlobStream
@@ -421,11 +429,19 @@ class FilesystemManifestStore:
     the caller's decision.
 
     It is also a :class:`~dockerconnect.ReferrersIndex`, kept on disk by
-    ``put_manifest`` and ``delete_manifest`` and so surviving a restart.
+    ``put_manifest`` and ``delete_manifest`` and so surviving a restart, and
+    a :class:`~dockerconnect.ManifestUsageLog` (see :mod:`dockerconnect._fsusage`).
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self._root = Root(root)
+        self._usage = ManifestUsage(
+            self._root,
+            self._repository,
+            self._manifest_path,
+            self._delete_manifest,
+            lambda: _list_repositories(self._root.join(REPOSITORIES_DIR)),
+        )
 
     @property
     def root(self) -> Path:
@@ -483,7 +499,9 @@ class FilesystemManifestStore:
         digest = Digest.parse(digest)
         if not digest.verifiable:
             return False
-        return await run("delete manifest", self._delete_manifest, repository, digest)
+        removed = await run("delete manifest", self._delete_manifest, repository, digest)
+        await run("delete manifest", self._usage.forget, repository, digest)
+        return removed
 
     def _delete_manifest(self, repository: str, digest: Digest) -> bool:
         path = self._manifest_path(repository, digest)
@@ -496,6 +514,41 @@ class FilesystemManifestStore:
             removed = self._root.remove(path)
             self._root.remove(self._referrer_path(repository, subject, digest))
         return removed
+
+    # --- ManifestUsageLog ---------------------------------------------------------
+
+    async def mark_manifest(
+        self, repository: str, digest: Digest, *, source: str | None, at: float
+    ) -> None:
+        """See :class:`~dockerconnect.ManifestUsageLog`."""
+        repository, digest = validate_repository(repository), Digest.parse(digest)
+        at = check_time(at)
+        await run("mark manifest", self._usage.mark, repository, digest, source, at)
+
+    def touch_manifest(self, repository: str, digest: Digest, at: float) -> None:
+        """See :class:`~dockerconnect.ManifestUsageLog`; no I/O until :meth:`flush`."""
+        repository, digest = validate_repository(repository), Digest.parse(digest)
+        self._usage.touch(repository, digest, check_time(at))
+
+    async def flush(self) -> None:
+        """See :class:`~dockerconnect.ManifestUsageLog`."""
+        await run("record manifest use", self._usage.flush)
+
+    async def cached_manifests(self) -> list[CachedManifest]:
+        """See :class:`~dockerconnect.ManifestUsageLog`."""
+        return await run("list cached manifests", self._usage.cached)
+
+    async def remove_cached_manifest(
+        self, repository: str, digest: Digest, *, unused_since: float
+    ) -> bool:
+        """See :class:`~dockerconnect.ManifestUsageLog`."""
+        repository, digest = validate_repository(repository), Digest.parse(digest)
+        unused_since = check_time(unused_since, bound=True)
+        if not digest.verifiable:
+            return False
+        return await run(
+            "remove cached manifest", self._usage.remove_cached, repository, digest, unused_since
+        )
 
     async def referrers(self, repository: str, subject: Digest) -> list[Descriptor]:
         """See :class:`~dockerconnect.ReferrersIndex`."""

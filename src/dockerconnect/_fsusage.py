@@ -1,4 +1,4 @@
-"""The filesystem blob store's usage log: which blobs are a cache, and when each was used.
+"""The filesystem stores' usage logs: which blobs and manifests are a cache, and their use.
 
 On disk, beside the blobs (see :mod:`dockerconnect._filesystem`)::
 
@@ -25,13 +25,15 @@ from typing import Final
 
 from dockerconnect._digest import Digest
 from dockerconnect._fsroot import Root, fsync_dir, locked, read_or_none
-from dockerconnect._protocols import CachedBlob
+from dockerconnect._protocols import CachedBlob, CachedManifest
 from dockerconnect._stores import check_source
 from dockerconnect.errors import DigestInvalid, StorageError
 
-__all__ = ["USAGE_DIR", "Usage"]
+__all__ = ["USAGE_DIR", "ManifestUsage", "Usage"]
 
 USAGE_DIR: Final = "usage"
+#: The per-repository usage directory; "_" keeps it apart from repository names.
+USAGE_DIR_PRIVATE: Final = "_usage"
 _MARK_SUFFIX: Final = ".json"
 
 
@@ -58,16 +60,7 @@ class Usage:
 
     def _read_mark(self, digest: Digest) -> tuple[str | None, float] | None:
         content = read_or_none(self._mark_path(digest))
-        if content is None:
-            return None
-        try:
-            doc = json.loads(content)
-            source, at = doc["source"], float(doc["at"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise StorageError(f"corrupt usage mark for {digest}: {exc}") from exc
-        if source is not None and not isinstance(source, str):
-            raise StorageError(f"corrupt usage mark for {digest}: source {source!r}")
-        return source, at
+        return None if content is None else _parse_mark(content, digest)
 
     def mark(self, digest: Digest, source: str | None, at: float) -> None:
         if source is not None:
@@ -119,13 +112,7 @@ class Usage:
         return sorted(found, key=lambda b: (b.last_used, str(b.digest)))
 
     def _digest_of(self, directory: str, name: str) -> Digest | None:
-        if not name.endswith(_MARK_SUFFIX):
-            return None
-        algorithm = os.path.basename(os.path.dirname(directory))
-        try:
-            return Digest.parse(f"{algorithm}:{name[: -len(_MARK_SUFFIX)]}")
-        except DigestInvalid:
-            return None
+        return _digest_in(os.path.basename(os.path.dirname(directory)), name)
 
     def remove_cached(self, digest: Digest, unused_since: float) -> bool:
         if self._busy[digest] or self._pending.get(digest, -math.inf) > unused_since:
@@ -170,3 +157,146 @@ def _set_used(path: str, at: float | None, *, only_later: bool) -> bool:
     except (FileNotFoundError, NotADirectoryError):
         return False
     return True
+
+
+class ManifestUsage:
+    """Marks and uses of the manifests under one root, per repository.
+
+    On disk: ``repositories/<repository>/_usage/<algorithm>/<hex>.json`` holds
+    a manifest's origin, its file's modification time its last use, and
+    ``repositories/<repository>/_usage.lock`` is taken to mark, flush and
+    remove. All methods but ``touch`` block.
+    """
+
+    __slots__ = ("_delete", "_manifest_path", "_pending", "_repositories", "_root", "_where")
+
+    def __init__(
+        self,
+        root: Root,
+        where: Callable[..., str],
+        manifest_path: Callable[[str, Digest], str],
+        delete: Callable[[str, Digest], bool],
+        repositories: Callable[[], list[str]],
+    ) -> None:
+        self._root = root
+        self._where = where  # (repository, *parts) -> path under the repository
+        self._manifest_path = manifest_path
+        self._delete = delete
+        self._repositories = repositories
+        self._pending: dict[tuple[str, Digest], float] = {}
+
+    def _lock(self, repository: str) -> str:
+        return self._where(repository, USAGE_DIR_PRIVATE + ".lock")
+
+    def _mark_path(self, repository: str, digest: Digest) -> str:
+        name = digest.hex + _MARK_SUFFIX
+        return self._where(repository, USAGE_DIR_PRIVATE, digest.algorithm, name)
+
+    def _read_mark(self, repository: str, digest: Digest) -> tuple[str | None, float] | None:
+        content = read_or_none(self._mark_path(repository, digest))
+        return None if content is None else _parse_mark(content, digest)
+
+    def mark(self, repository: str, digest: Digest, source: str | None, at: float) -> None:
+        if source is not None:
+            check_source(source)
+        with locked(self._lock(repository)):
+            current = self._read_mark(repository, digest)
+            if current is not None and (source is not None or current[0] is None):
+                return
+            doc = {"source": source, "at": at}
+            self._root.write_file(self._mark_path(repository, digest), json.dumps(doc).encode())
+            if source is not None:
+                _set_used(self._manifest_path(repository, digest), at, only_later=False)
+
+    def touch(self, repository: str, digest: Digest, at: float) -> None:
+        key = (repository, digest)
+        if at > self._pending.get(key, -math.inf):
+            self._pending[key] = at
+
+    def flush(self) -> None:
+        pending = dict(self._pending)
+        by_repository: defaultdict[str, list[tuple[Digest, float]]] = defaultdict(list)
+        for (repository, digest), at in pending.items():
+            by_repository[repository].append((digest, at))
+        for repository, uses in by_repository.items():
+            with locked(self._lock(repository)):
+                for digest, at in uses:
+                    _set_used(self._manifest_path(repository, digest), at, only_later=True)
+        for key, at in pending.items():
+            if self._pending.get(key) == at:
+                del self._pending[key]
+
+    def cached(self) -> list[CachedManifest]:
+        found: list[CachedManifest] = []
+        for repository in self._repositories():
+            top = self._where(repository, USAGE_DIR_PRIVATE)
+            for directory, _, names in os.walk(top):
+                for name in names:
+                    digest = _digest_in(os.path.basename(directory), name)
+                    if digest is None:
+                        continue
+                    mark = self._read_mark(repository, digest)
+                    if mark is None or mark[0] is None:
+                        continue
+                    try:
+                        held = os.stat(self._manifest_path(repository, digest))
+                    except (FileNotFoundError, NotADirectoryError):
+                        continue
+                    used = max(held.st_mtime, self._pending.get((repository, digest), -math.inf))
+                    size = held.st_size - _media_type_line(self._manifest_path(repository, digest))
+                    found.append(CachedManifest(repository, digest, size, mark[0], mark[1], used))
+        return sorted(found, key=lambda m: (m.last_used, m.repository, str(m.digest)))
+
+    def remove_cached(self, repository: str, digest: Digest, unused_since: float) -> bool:
+        if self._pending.get((repository, digest), -math.inf) > unused_since:
+            return False
+        with locked(self._lock(repository)):
+            mark = self._read_mark(repository, digest)
+            if mark is None or mark[0] is None:
+                return False
+            try:
+                held = os.stat(self._manifest_path(repository, digest))
+            except (FileNotFoundError, NotADirectoryError):
+                return False
+            if held.st_mtime > unused_since:
+                return False
+            removed = self._delete(repository, digest)
+            self._root.remove(self._mark_path(repository, digest))
+        self._pending.pop((repository, digest), None)
+        return removed
+
+    def forget(self, repository: str, digest: Digest) -> None:
+        """Drop the mark of a manifest that was deleted outright."""
+        with locked(self._lock(repository)):
+            self._root.remove(self._mark_path(repository, digest))
+        self._pending.pop((repository, digest), None)
+
+
+def _parse_mark(content: bytes, digest: Digest) -> tuple[str | None, float]:
+    try:
+        doc = json.loads(content)
+        source, at = doc["source"], float(doc["at"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StorageError(f"corrupt usage mark for {digest}: {exc}") from exc
+    if source is not None and not isinstance(source, str):
+        raise StorageError(f"corrupt usage mark for {digest}: source {source!r}")
+    return source, at
+
+
+def _digest_in(algorithm: str, name: str) -> Digest | None:
+    """The digest a mark file named ``name`` in ``<algorithm>/`` is for, or ``None``."""
+    if not name.endswith(_MARK_SUFFIX):
+        return None
+    try:
+        return Digest.parse(f"{algorithm}:{name[: -len(_MARK_SUFFIX)]}")
+    except DigestInvalid:
+        return None
+
+
+def _media_type_line(path: str) -> int:
+    """The length of a manifest file's first line (its media type and newline)."""
+    try:
+        with open(path, "rb") as file:
+            return len(file.readline(256))
+    except (FileNotFoundError, NotADirectoryError):
+        return 0

@@ -18,7 +18,13 @@ import anyio.lowlevel
 from dockerconnect._descriptor import Descriptor
 from dockerconnect._digest import Digest, DigestVerifier
 from dockerconnect._manifest import Manifest
-from dockerconnect._protocols import BLOB_MEDIA_TYPE, BlobWriter, CachedBlob, TagRecord
+from dockerconnect._protocols import (
+    BLOB_MEDIA_TYPE,
+    BlobWriter,
+    CachedBlob,
+    CachedManifest,
+    TagRecord,
+)
 from dockerconnect._reference import validate_repository, validate_tag
 from dockerconnect._stores import check_offset, check_source, check_time, check_writable, ingest
 from dockerconnect._stream import CHUNK_SIZE, BlobStream
@@ -213,7 +219,7 @@ class MemoryManifestStore:
 
     It is also a :class:`~dockerconnect.ReferrersIndex`: manifests with a
     ``subject`` are indexed by ``put_manifest`` and unindexed by
-    ``delete_manifest``.
+    ``delete_manifest``; and a :class:`~dockerconnect.ManifestUsageLog`.
 
     Deleting a manifest leaves tags pointing at it alone: whether a tag may
     dangle is the caller's decision, as it is for every store.
@@ -224,6 +230,9 @@ class MemoryManifestStore:
         self._tags: dict[str, dict[str, TagRecord]] = {}
         # repository -> subject -> referrer digest -> its referrer descriptor
         self._referrers: dict[str, dict[Digest, dict[Digest, Descriptor]]] = {}
+        # (repository, digest) -> (source, cached_at); source None: pushed (sticky).
+        self._marks: dict[tuple[str, Digest], tuple[str | None, float]] = {}
+        self._used: dict[tuple[str, Digest], float] = {}
 
     async def get_manifest(self, repository: str, digest: Digest) -> Manifest | None:
         repository = validate_repository(repository)
@@ -247,6 +256,8 @@ class MemoryManifestStore:
         repository = validate_repository(repository)
         digest = Digest.parse(digest)
         await anyio.lowlevel.checkpoint()
+        self._marks.pop((repository, digest), None)
+        self._used.pop((repository, digest), None)
         manifest = self._manifests.get(repository, {}).get(digest)
         if manifest is not None and manifest.subject is not None:
             subjects = self._referrers.get(repository)
@@ -254,6 +265,59 @@ class MemoryManifestStore:
             if unindexed and not subjects:
                 del self._referrers[repository]
         return _pop(self._manifests, repository, digest)
+
+    # --- ManifestUsageLog -------------------------------------------------------
+
+    async def mark_manifest(
+        self, repository: str, digest: Digest, *, source: str | None, at: float
+    ) -> None:
+        """See :class:`~dockerconnect.ManifestUsageLog`."""
+        key = (validate_repository(repository), Digest.parse(digest))
+        at = check_time(at)
+        await anyio.lowlevel.checkpoint()
+        if source is None:
+            self._marks[key] = (None, at)
+        elif key not in self._marks:
+            self._marks[key] = (check_source(source), at)
+            self.touch_manifest(*key, at)
+
+    def touch_manifest(self, repository: str, digest: Digest, at: float) -> None:
+        """See :class:`~dockerconnect.ManifestUsageLog`."""
+        key = (validate_repository(repository), Digest.parse(digest))
+        at = check_time(at)
+        if at > self._used.get(key, -math.inf):
+            self._used[key] = at
+
+    async def flush(self) -> None:
+        """Nothing to write: uses are kept in memory."""
+        await anyio.lowlevel.checkpoint()
+
+    async def cached_manifests(self) -> list[CachedManifest]:
+        """See :class:`~dockerconnect.ManifestUsageLog`."""
+        await anyio.lowlevel.checkpoint()
+        found = []
+        for (repository, digest), (source, cached_at) in self._marks.items():
+            manifest = self._manifests.get(repository, {}).get(digest)
+            if source is None or manifest is None:
+                continue
+            used = self._used.get((repository, digest), cached_at)
+            found.append(CachedManifest(repository, digest, manifest.size, source, cached_at, used))
+        return sorted(found, key=lambda m: (m.last_used, m.repository, str(m.digest)))
+
+    async def remove_cached_manifest(
+        self, repository: str, digest: Digest, *, unused_since: float
+    ) -> bool:
+        """See :class:`~dockerconnect.ManifestUsageLog`."""
+        key = (validate_repository(repository), Digest.parse(digest))
+        unused_since = check_time(unused_since, bound=True)
+        await anyio.lowlevel.checkpoint()
+        mark = self._marks.get(key)
+        if mark is None or mark[0] is None or self._used.get(key, mark[1]) > unused_since:
+            return False
+        removed = await self.delete_manifest(*key)
+        self._marks.pop(key, None)
+        self._used.pop(key, None)
+        return removed
 
     async def referrers(self, repository: str, subject: Digest) -> list[Descriptor]:
         """See :class:`~dockerconnect.ReferrersIndex`."""

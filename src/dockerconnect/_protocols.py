@@ -22,10 +22,12 @@ __all__ = [
     "BlobStore",
     "BlobWriter",
     "CachedBlob",
+    "CachedManifest",
     "Connector",
     "IntegrityEntry",
     "IntegrityReport",
     "ManifestContentStore",
+    "ManifestUsageLog",
     "ManifestStore",
     "ReferrersIndex",
     "Registry",
@@ -266,6 +268,61 @@ class ReferrersIndex(Protocol):
         (``artifactType``, else the config's media type) and annotations.
         Filtering by artifact type is the caller's.
         """
+        ...
+
+
+@attrs.frozen(slots=True)
+class CachedManifest:
+    """A manifest held because it was fetched through a connector, and its use."""
+
+    repository: str
+    digest: Digest = attrs.field(converter=as_digest)
+    size: int
+    source: str
+    cached_at: float
+    last_used: float
+
+
+@runtime_checkable
+class ManifestUsageLog(Protocol):
+    """An optional capability of a :class:`ManifestStore`: :class:`UsageLog` for
+    manifests, per repository.
+
+    The same contract as :class:`UsageLog`, with a repository beside each
+    digest: ``source=None`` marks a manifest pushed (sticky; mark it before
+    ``put_manifest``), a connector's name marks it cached (after
+    ``put_manifest``); unmarked and pushed manifests are never listed or
+    removed; :meth:`touch_manifest` does no I/O and :meth:`flush` writes the
+    pending uses in one batch. :meth:`remove_cached_manifest` removes the
+    manifest (and its referrers entry, for a store that is a
+    :class:`ReferrersIndex`) only if it is marked cached and not used after
+    ``unused_since``. Tags are left alone, as by ``delete_manifest``: a
+    cached tag pointing at a removed manifest is the caller's to remove or
+    refetch.
+    """
+
+    async def mark_manifest(
+        self, repository: str, digest: Digest, *, source: str | None, at: float
+    ) -> None:
+        """Record the manifest as pushed (``source=None``) or cached through ``source``."""
+        ...
+
+    def touch_manifest(self, repository: str, digest: Digest, at: float) -> None:
+        """Note a use at ``at``, without I/O; :meth:`flush` persists it."""
+        ...
+
+    async def flush(self) -> None:
+        """Write the uses noted since the last flush."""
+        ...
+
+    async def cached_manifests(self) -> list[CachedManifest]:
+        """Every held manifest marked cached, least recently used first."""
+        ...
+
+    async def remove_cached_manifest(
+        self, repository: str, digest: Digest, *, unused_since: float
+    ) -> bool:
+        """Remove the manifest if it is a cache unused since ``unused_since``."""
         ...
 
 

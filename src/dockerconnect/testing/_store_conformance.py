@@ -41,7 +41,9 @@ from dockerconnect._protocols import (
     BLOB_MEDIA_TYPE,
     BlobStore,
     CachedBlob,
+    CachedManifest,
     ManifestStore,
+    ManifestUsageLog,
     ReferrersIndex,
     TagRecord,
     UsageLog,
@@ -1038,6 +1040,114 @@ class ManifestStoreConformance:
         with pytest.raises(DigestInvalid):
             await index.referrers("app", _bad(bad))
         assert await manifest_store.repositories() == []
+
+    # --- usage and origin (optional: ManifestUsageLog) ------------------------------------
+
+    @staticmethod
+    def _usage_log(store: ManifestStore) -> ManifestUsageLog:
+        if not isinstance(store, ManifestUsageLog):
+            pytest.skip("the store has no manifest usage log (ManifestUsageLog)")
+        return store
+
+    @pytest.mark.anyio
+    async def test_cached_manifests_listed_used_and_removed(
+        self, manifest_store: ManifestStore
+    ) -> None:
+        log = self._usage_log(manifest_store)
+        assert await log.cached_manifests() == []
+        old, recent = random_image(seed=50).manifest, random_index(seed=51).manifest
+        for manifest, at in ((old, 100.0), (recent, 110.0)):
+            await manifest_store.put_manifest("a/b", manifest)
+            await log.mark_manifest("a/b", manifest.digest, source="hub", at=at)
+        await log.mark_manifest("a/b", old.digest, source="other", at=120.0)  # first origin stays
+        log.touch_manifest("a/b", recent.digest, 130.0)
+        log.touch_manifest("a/b", recent.digest, 125.0)  # older: ignored
+        expected = [
+            CachedManifest("a/b", old.digest, old.size, "hub", 100.0, 100.0),
+            CachedManifest("a/b", recent.digest, recent.size, "hub", 110.0, 130.0),
+        ]
+        assert await log.cached_manifests() == expected
+        await log.flush()
+        assert await log.cached_manifests() == expected
+        assert await log.remove_cached_manifest("a/b", recent.digest, unused_since=129.0) is False
+        assert await log.remove_cached_manifest("other", old.digest, unused_since=200.0) is False
+        assert await log.remove_cached_manifest("a/b", old.digest, unused_since=100.0) is True
+        assert await manifest_store.get_manifest("a/b", old.digest) is None
+        assert await log.cached_manifests() == expected[1:]
+        assert await log.remove_cached_manifest("a/b", old.digest, unused_since=math.inf) is False
+
+    @pytest.mark.anyio
+    async def test_pushed_and_unmarked_manifests_are_never_removed(
+        self, manifest_store: ManifestStore
+    ) -> None:
+        log = self._usage_log(manifest_store)
+        pushed, upgraded, unmarked = (random_image(seed=52 + i).manifest for i in range(3))
+        await log.mark_manifest("app", pushed.digest, source=None, at=1.0)
+        await manifest_store.put_manifest("app", pushed)
+        await log.mark_manifest("app", pushed.digest, source="hub", at=2.0)
+        await manifest_store.put_manifest("app", upgraded)
+        await log.mark_manifest("app", upgraded.digest, source="hub", at=1.0)
+        await log.mark_manifest("app", upgraded.digest, source=None, at=3.0)
+        await manifest_store.put_manifest("app", unmarked)
+        assert await log.cached_manifests() == []
+        for manifest in (pushed, upgraded, unmarked):
+            removed = await log.remove_cached_manifest(
+                "app", manifest.digest, unused_since=math.inf
+            )
+            assert removed is False
+            assert await manifest_store.get_manifest("app", manifest.digest) == manifest
+
+    @pytest.mark.anyio
+    async def test_removing_a_cached_referrer_unindexes_it(
+        self, manifest_store: ManifestStore
+    ) -> None:
+        log = self._usage_log(manifest_store)
+        subject = random_image(seed=55).manifest
+        signature = random_artifact(subject, seed=56)
+        await manifest_store.put_manifest("app", signature.manifest)
+        await log.mark_manifest("app", signature.manifest.digest, source="hub", at=1.0)
+        removed = await log.remove_cached_manifest(
+            "app", signature.manifest.digest, unused_since=1.0
+        )
+        assert removed is True
+        if isinstance(manifest_store, ReferrersIndex):
+            assert await manifest_store.referrers("app", subject.digest) == []
+        assert await manifest_store.repositories() == []
+
+    @pytest.mark.anyio
+    async def test_manifest_usage_log_refuses_bad_input(
+        self, manifest_store: ManifestStore
+    ) -> None:
+        log = self._usage_log(manifest_store)
+        digest = Digest.from_bytes(b"{}")
+        with pytest.raises(NameInvalid):
+            await log.mark_manifest("../x", digest, source="hub", at=1.0)
+        with pytest.raises(NameInvalid):
+            log.touch_manifest("Upper", digest, 1.0)
+        with pytest.raises(DigestInvalid):
+            await log.remove_cached_manifest("app", _bad("sha256:short"), unused_since=1.0)
+        with pytest.raises(ValueError):
+            await log.mark_manifest("app", digest, source="hub", at=_bad(math.nan))
+        with pytest.raises(ValueError):
+            await log.mark_manifest("app", digest, source="", at=1.0)
+        assert await log.cached_manifests() == []
+
+    @pytest.mark.anyio
+    async def test_manifest_usage_survives_a_restart(
+        self, manifest_store: ManifestStore, manifest_store_factory: ManifestStoreFactory
+    ) -> None:
+        if not self.persistent:
+            pytest.skip("the store is not persistent")
+        log = self._usage_log(manifest_store)
+        manifest = random_image(seed=57).manifest
+        await manifest_store.put_manifest("a/b", manifest)
+        await log.mark_manifest("a/b", manifest.digest, source="hub", at=5.0)
+        log.touch_manifest("a/b", manifest.digest, 9.0)
+        await log.flush()
+        reopened = self._usage_log(await make_store(manifest_store_factory))
+        assert await reopened.cached_manifests() == [
+            CachedManifest("a/b", manifest.digest, manifest.size, "hub", 5.0, 9.0)
+        ]
 
     # --- persistence -------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -17,7 +18,7 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from dockerconnect import _fsroot
+from dockerconnect import _fsroot, _fsusage
 from dockerconnect._digest import Digest
 from dockerconnect._filesystem import FilesystemBlobStore, FilesystemManifestStore
 from dockerconnect._manifest import OCI_MANIFEST
@@ -544,3 +545,36 @@ async def test_flushed_uses_are_seen_by_other_processes(tmp_path: Path) -> None:
     assert [b.last_used for b in await store.cached()] == [2500.0]
     assert await store.remove_cached(digest, unused_since=2000.0) is False
     assert await store.remove_cached(digest, unused_since=2500.0) is True
+
+
+@pytest.mark.anyio
+async def test_a_touch_during_a_flush_stays_pending(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FilesystemBlobStore(tmp_path)
+    data = b"touched while its earlier use is written"
+    digest = Digest.from_bytes(data)
+    async with store.ingest(digest, len(data)) as writer:
+        await writer.write(data)
+        await writer.commit()
+    await store.mark(digest, source="hub", at=1.0)
+    store.touch(digest, 10.0)
+    writing, resume = threading.Event(), threading.Event()
+    real_write_uses = _fsusage.Usage.write_uses
+
+    def slow_write_uses(usage: _fsusage.Usage, uses: dict[Digest, float]) -> None:
+        writing.set()
+        resume.wait(timeout=30)
+        real_write_uses(usage, uses)
+
+    monkeypatch.setattr(_fsusage.Usage, "write_uses", slow_write_uses)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(store.flush)
+        await anyio.to_thread.run_sync(writing.wait, 30)
+        store.touch(digest, 20.0)  # on the event loop, while the thread writes 10.0
+        resume.set()
+    assert os.stat(store.blob_path(digest)).st_mtime == 10.0
+    assert [b.last_used for b in await store.cached()] == [20.0]
+    monkeypatch.undo()
+    await store.flush()
+    assert os.stat(store.blob_path(digest)).st_mtime == 20.0

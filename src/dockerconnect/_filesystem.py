@@ -200,7 +200,9 @@ class FilesystemBlobStore:
 
     async def flush(self) -> None:
         """See :class:`~dockerconnect.UsageLog`."""
-        await run("record blob use", self._usage.flush)
+        uses = self._usage.pending()
+        await run("record blob use", self._usage.write_uses, uses)
+        self._usage.written(uses)
 
     async def cached(self) -> list[CachedBlob]:
         """See :class:`~dockerconnect.UsageLog`."""
@@ -532,7 +534,9 @@ class FilesystemManifestStore:
 
     async def flush(self) -> None:
         """See :class:`~dockerconnect.ManifestUsageLog`."""
-        await run("record manifest use", self._usage.flush)
+        uses = self._usage.pending()
+        await run("record manifest use", self._usage.write_uses, uses)
+        self._usage.written(uses)
 
     async def cached_manifests(self) -> list[CachedManifest]:
         """See :class:`~dockerconnect.ManifestUsageLog`."""

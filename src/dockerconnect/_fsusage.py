@@ -21,7 +21,7 @@ import math
 import os
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from typing import Final
+from typing import Final, TypeVar
 
 from dockerconnect._digest import Digest
 from dockerconnect._fsroot import Root, fsync_dir, locked, read_or_none
@@ -38,7 +38,11 @@ _MARK_SUFFIX: Final = ".json"
 
 
 class Usage:
-    """Marks and uses of the blobs under one root; all methods but ``touch`` block."""
+    """Marks and uses of the blobs under one root.
+
+    ``touch``, ``pending`` and ``written`` run on the event loop's thread and
+    do no I/O; the others block and run in worker threads.
+    """
 
     __slots__ = ("_blob_path", "_busy", "_pending", "_root")
 
@@ -78,19 +82,23 @@ class Usage:
         if at > self._pending.get(digest, -math.inf):
             self._pending[digest] = at
 
-    def flush(self) -> None:
-        pending = dict(self._pending)
+    def pending(self) -> dict[Digest, float]:
+        """A copy of the uses not yet written (taken on the event loop's thread)."""
+        return dict(self._pending)
+
+    def write_uses(self, uses: dict[Digest, float]) -> None:
+        """Write ``uses`` (from :meth:`pending`), one lock per bucket; blocks."""
         by_lock: defaultdict[str, list[tuple[Digest, float]]] = defaultdict(list)
-        for digest, at in pending.items():
+        for digest, at in uses.items():
             by_lock[self.bucket_lock(digest)].append((digest, at))
-        for lock, uses in by_lock.items():
+        for lock, batch in by_lock.items():
             with locked(lock):
-                for digest, at in uses:
+                for digest, at in batch:
                     _set_used(self._blob_path(digest), at, only_later=True)
-        # A touch that came in meanwhile (a later time) stays pending.
-        for digest, at in pending.items():
-            if self._pending.get(digest) == at:
-                del self._pending[digest]
+
+    def written(self, uses: dict[Digest, float]) -> None:
+        """Forget the ``uses`` now on disk; a later touch meanwhile stays pending."""
+        _settle(self._pending, uses)
 
     def cached(self) -> list[CachedBlob]:
         found: list[CachedBlob] = []
@@ -165,7 +173,8 @@ class ManifestUsage:
     On disk: ``repositories/<repository>/_usage/<algorithm>/<hex>.json`` holds
     a manifest's origin, its file's modification time its last use, and
     ``repositories/<repository>/_usage.lock`` is taken to mark, flush and
-    remove. All methods but ``touch`` block.
+    remove. ``touch``, ``pending`` and ``written`` run on the event loop's
+    thread and do no I/O; the others block and run in worker threads.
     """
 
     __slots__ = ("_delete", "_manifest_path", "_pending", "_repositories", "_root", "_where")
@@ -213,18 +222,23 @@ class ManifestUsage:
         if at > self._pending.get(key, -math.inf):
             self._pending[key] = at
 
-    def flush(self) -> None:
-        pending = dict(self._pending)
+    def pending(self) -> dict[tuple[str, Digest], float]:
+        """A copy of the uses not yet written (taken on the event loop's thread)."""
+        return dict(self._pending)
+
+    def write_uses(self, uses: dict[tuple[str, Digest], float]) -> None:
+        """Write ``uses`` (from :meth:`pending`), one lock per repository; blocks."""
         by_repository: defaultdict[str, list[tuple[Digest, float]]] = defaultdict(list)
-        for (repository, digest), at in pending.items():
+        for (repository, digest), at in uses.items():
             by_repository[repository].append((digest, at))
-        for repository, uses in by_repository.items():
+        for repository, batch in by_repository.items():
             with locked(self._lock(repository)):
-                for digest, at in uses:
+                for digest, at in batch:
                     _set_used(self._manifest_path(repository, digest), at, only_later=True)
-        for key, at in pending.items():
-            if self._pending.get(key) == at:
-                del self._pending[key]
+
+    def written(self, uses: dict[tuple[str, Digest], float]) -> None:
+        """Forget the ``uses`` now on disk; a later touch meanwhile stays pending."""
+        _settle(self._pending, uses)
 
     def cached(self) -> list[CachedManifest]:
         found: list[CachedManifest] = []
@@ -270,6 +284,15 @@ class ManifestUsage:
         with locked(self._lock(repository)):
             self._root.remove(self._mark_path(repository, digest))
         self._pending.pop((repository, digest), None)
+
+
+K = TypeVar("K")
+
+
+def _settle(pending: dict[K, float], written: dict[K, float]) -> None:
+    for key, at in written.items():
+        if pending.get(key) == at:
+            del pending[key]
 
 
 def _parse_mark(content: bytes, digest: Digest) -> tuple[str | None, float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import dockerconnect
+import dockerconnect.http
 import dockerconnect.testing
 from dockerconnect import errors
 
@@ -19,6 +20,8 @@ PUBLIC = {
     "BlobStore",
     "BlobStream",
     "BlobWriter",
+    "CachedBlob",
+    "CachedManifest",
     "CachingPolicy",
     "Connector",
     "ConnectorHealth",
@@ -33,11 +36,13 @@ PUBLIC = {
     "IntegrityReport",
     "Manifest",
     "ManifestStore",
+    "ManifestUsageLog",
     "MemoryBlobStore",
     "MemoryManifestStore",
     "OciLayoutConnector",
     "Platform",
     "Reference",
+    "ReferrersIndex",
     "Registry",
     "RegistryConnector",
     "Resolver",
@@ -45,6 +50,7 @@ PUBLIC = {
     "StaleDecision",
     "TagDecision",
     "TagRecord",
+    "UsageLog",
     "errors",
     "export_layout",
     "validate_repository",
@@ -58,9 +64,49 @@ def test_all_is_pinned() -> None:
         assert hasattr(dockerconnect, name), name
 
 
-def test_testing_all_resolves() -> None:
+HTTP_PUBLIC = {"DOCKER_HUB_URL", "Credentials", "HttpConnector", "RateLimit", "Retry"}
+
+TESTING_PUBLIC = {
+    "BlobStoreConformance",
+    "BlobStoreFactory",
+    "ConnectorConformance",
+    "ConnectorFactory",
+    "CountingConnector",
+    "DistributionRegistry",
+    "FakeUpstream",
+    "Faults",
+    "ManifestStoreConformance",
+    "ManifestStoreFactory",
+    "RandomImage",
+    "RandomIndex",
+    "TokenAuthConfig",
+    "ToolNotInstalled",
+    "push_content",
+    "random_artifact",
+    "random_blob",
+    "random_image",
+    "random_index",
+    "skopeo_push",
+    "write_oci_layout",
+}
+
+
+def test_http_all_is_pinned() -> None:
+    assert set(dockerconnect.http.__all__) == HTTP_PUBLIC
+    for name in dockerconnect.http.__all__:
+        assert hasattr(dockerconnect.http, name), name
+
+
+def test_testing_all_is_pinned() -> None:
+    assert set(dockerconnect.testing.__all__) == TESTING_PUBLIC
     for name in dockerconnect.testing.__all__:
         assert hasattr(dockerconnect.testing, name), name
+
+
+@pytest.mark.parametrize("module", [dockerconnect, dockerconnect.http, dockerconnect.testing])
+def test_all_has_no_duplicates(module: object) -> None:
+    names = list(module.__all__)  # type: ignore[attr-defined]
+    assert len(names) == len(set(names))
 
 
 def test_errors_all_resolves() -> None:

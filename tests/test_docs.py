@@ -239,3 +239,16 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "site" / "index.html").exists()
+    reference = tmp_path / "site" / "reference"
+    pages = {page: page.read_text() for page in reference.rglob("*.html")}
+    assert len(pages) >= 8
+    # The API reference renders docstrings' reST roles as links or code, never literally.
+    roles = re.compile(r":(?:class|meth|func|attr|exc|data|const|obj|mod):(?:`|<code>)")
+    literal = {str(p.relative_to(reference)): roles.findall(html) for p, html in pages.items()}
+    assert not any(literal.values()), literal
+    stores = pages[reference / "stores" / "index.html"]
+    # A role naming a documented object links to it ...
+    assert 'href="../protocols/#dockerconnect.BlobStore"' in stores
+    # ... and attributes a method merely assigns (self.name = name) are not listed.
+    assert 'id="dockerconnect.MemoryBlobStore.name"' not in stores
+    assert 'id="dockerconnect.FilesystemBlobStore.root"' in stores  # a documented property

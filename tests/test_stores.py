@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -13,12 +18,12 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from dockerconnect import _filesystem
+from dockerconnect import _fsroot, _fsusage
 from dockerconnect._digest import Digest
 from dockerconnect._filesystem import FilesystemBlobStore, FilesystemManifestStore
 from dockerconnect._manifest import OCI_MANIFEST
 from dockerconnect._memory import MemoryBlobStore, MemoryManifestStore
-from dockerconnect._protocols import BlobStore, ManifestStore, TagRecord
+from dockerconnect._protocols import BlobStore, ManifestStore, ReferrersIndex, TagRecord
 from dockerconnect._stream import CHUNK_SIZE
 from dockerconnect.errors import (
     DigestInvalid,
@@ -33,6 +38,7 @@ from dockerconnect.testing import (
     BlobStoreFactory,
     ManifestStoreConformance,
     ManifestStoreFactory,
+    random_artifact,
     random_blob,
     random_image,
 )
@@ -141,7 +147,8 @@ async def test_documented_layout(tmp_path: Path) -> None:
         "source": "hub",
     }
     assert os.listdir(tmp_path / "tmp") == []
-    assert sorted(os.listdir(tmp_path)) == ["blobs", "repositories", "tmp"]
+    assert sorted(os.listdir(tmp_path)) == ["blobs", "repositories", "tmp", "usage"]
+    assert os.listdir(tmp_path / "usage" / "sha256") == [f"{digest.hex[:2]}.lock"]
 
 
 @pytest.mark.parametrize("kind", [str, Path])
@@ -242,7 +249,7 @@ async def test_full_disk_during_ingest(tmp_path: Path, monkeypatch: pytest.Monke
     store = FilesystemBlobStore(tmp_path)
     data = random_blob(3 * CHUNK_SIZE, 5)
     digest = Digest.from_bytes(data)
-    monkeypatch.setattr(_filesystem, "_write_all", _full_disk)
+    monkeypatch.setattr(_fsroot, "write_all", _full_disk)
     with pytest.raises(StorageError) as info:
         async with store.ingest(digest, len(data)) as writer:
             await writer.write(data)
@@ -262,7 +269,7 @@ async def test_full_disk_after_small_writes(
     store = FilesystemBlobStore(tmp_path)
     data = b"small" * 100
     digest = Digest.from_bytes(data)
-    monkeypatch.setattr(_filesystem, "_write_all", _full_disk)
+    monkeypatch.setattr(_fsroot, "write_all", _full_disk)
     async with store.ingest(digest, len(data)) as writer:
         await writer.write(data)
         with pytest.raises(StorageError):
@@ -280,7 +287,7 @@ async def test_full_disk_at_publish(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     def no_room_for_directories(path: str) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 
-    monkeypatch.setattr(_filesystem, "_make_dirs", no_room_for_directories)
+    monkeypatch.setattr(_fsroot, "make_dirs", no_room_for_directories)
     async with store.ingest(digest, len(data)) as writer:
         await writer.write(data)
         with pytest.raises(StorageError):
@@ -293,7 +300,7 @@ async def test_full_disk_at_publish(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 async def test_full_disk_writing_a_tag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = FilesystemManifestStore(tmp_path)
     manifest = random_image(seed=7).manifest
-    monkeypatch.setattr(_filesystem, "_write_all", _full_disk)
+    monkeypatch.setattr(_fsroot, "write_all", _full_disk)
     with pytest.raises(StorageError):
         await store.set_tag("app", "v1", TagRecord(manifest.digest, OCI_MANIFEST, 1.0))
     with pytest.raises(StorageError):
@@ -404,3 +411,170 @@ async def test_memory_stores_share_nothing() -> None:
     assert stream is not None
     assert stream.source == "memory"
     await stream.aclose()
+
+
+# --- filesystem: the referrers index ---------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_referrer_entry_without_its_manifest_is_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A crash (here: a full disk) between the index entry and the manifest
+    # leaves an entry that does not count: nothing is listed that is not stored.
+    store = FilesystemManifestStore(tmp_path)
+    subject = random_image(seed=40).manifest
+    sbom = random_artifact(subject, seed=41)
+    writes = 0
+    real_write_all = _fsroot.write_all
+
+    def full_on_second_file(fd: int, data: bytes) -> None:
+        nonlocal writes
+        writes += 1
+        if writes == 2:
+            _full_disk(fd, data)
+        real_write_all(fd, data)
+
+    monkeypatch.setattr(_fsroot, "write_all", full_on_second_file)
+    with pytest.raises(StorageError):
+        await store.put_manifest("app", sbom.manifest)
+    monkeypatch.setattr(_fsroot, "write_all", real_write_all)
+    entries = tmp_path / "repositories" / "app" / "_referrers" / "sha256" / subject.digest.hex
+    assert os.listdir(entries) == [f"sha256-{sbom.manifest.digest.hex}.json"]
+    assert await store.get_manifest("app", sbom.manifest.digest) is None
+    assert await store.referrers("app", subject.digest) == []
+    assert await store.repositories() == []
+    # Putting it again completes it.
+    await store.put_manifest("app", sbom.manifest)
+    assert await store.referrers("app", subject.digest) == [sbom.manifest.referrer()]
+    assert filesystem_leftovers(tmp_path) == []
+
+
+@pytest.mark.anyio
+async def test_corrupt_referrer_entry_is_a_storage_error(tmp_path: Path) -> None:
+    store = FilesystemManifestStore(tmp_path)
+    subject = random_image(seed=42).manifest
+    sbom = random_artifact(subject, seed=43)
+    await store.put_manifest("app", sbom.manifest)
+    entry = (
+        tmp_path
+        / "repositories"
+        / "app"
+        / "_referrers"
+        / "sha256"
+        / subject.digest.hex
+        / f"sha256-{sbom.manifest.digest.hex}.json"
+    )
+    entry.write_text('{"mediaType": "a/b", "mediaType": "c/d"}')
+    with pytest.raises(StorageError, match="corrupt referrers entry"):
+        await store.referrers("app", subject.digest)
+    other = random_artifact(subject, seed=44).manifest.referrer()
+    entry.write_text(other.to_json())
+    with pytest.raises(StorageError, match="describes"):
+        await store.referrers("app", subject.digest)
+
+
+def test_referrers_index_is_a_capability_of_the_shipped_manifest_stores(tmp_path: Path) -> None:
+    assert isinstance(MemoryManifestStore(), ReferrersIndex)
+    assert isinstance(FilesystemManifestStore(tmp_path), ReferrersIndex)
+    assert not isinstance(MemoryBlobStore(), ReferrersIndex)
+
+
+# --- filesystem: the usage log across processes ---------------------------------------
+
+_OTHER_PROCESS = """
+import sys, anyio
+from dockerconnect import Digest, FilesystemBlobStore
+
+async def main() -> None:
+    store = FilesystemBlobStore(sys.argv[1])
+    data = bytes.fromhex(sys.argv[2])
+    if sys.argv[3] == "commit":
+        async with store.ingest(Digest.from_bytes(data), len(data)) as writer:
+            await writer.write(data)
+            await writer.commit()
+    else:
+        store.touch(Digest.from_bytes(data), float(sys.argv[4]))
+        await store.flush()
+
+anyio.run(main)
+"""
+
+
+def _in_another_process(root: Path, data: bytes, *args: str) -> None:
+    src = Path(__file__).resolve().parent.parent / "src"
+    subprocess.run(
+        [sys.executable, "-c", _OTHER_PROCESS, str(root), data.hex(), *args],
+        env={**os.environ, "PYTHONPATH": str(src)},
+        check=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.anyio
+async def test_a_commit_in_another_process_keeps_a_cached_blob(tmp_path: Path) -> None:
+    store = FilesystemBlobStore(tmp_path)
+    data = b"cached long ago, committed again elsewhere"
+    digest = Digest.from_bytes(data)
+    async with store.ingest(digest, len(data)) as writer:
+        await writer.write(data)
+        await writer.commit()
+    await store.mark(digest, source="hub", at=1000.0)
+    before = time.time() - 1
+    # Another process sharing the root commits the same blob: that is a use,
+    # recorded under the bucket lock, so a removal of "idle" content keeps it.
+    await anyio.to_thread.run_sync(_in_another_process, tmp_path, data, "commit")
+    (listed,) = await store.cached()
+    assert listed.last_used >= before
+    assert await store.remove_cached(digest, unused_since=before) is False
+    assert await store.stat(digest) is not None
+    assert await store.remove_cached(digest, unused_since=math.inf) is True
+    assert filesystem_leftovers(tmp_path) == []
+
+
+@pytest.mark.anyio
+async def test_flushed_uses_are_seen_by_other_processes(tmp_path: Path) -> None:
+    store = FilesystemBlobStore(tmp_path)
+    data = b"used in another process"
+    digest = Digest.from_bytes(data)
+    async with store.ingest(digest, len(data)) as writer:
+        await writer.write(data)
+        await writer.commit()
+    await store.mark(digest, source="hub", at=1000.0)
+    await anyio.to_thread.run_sync(_in_another_process, tmp_path, data, "touch", "2500.0")
+    assert [b.last_used for b in await store.cached()] == [2500.0]
+    assert await store.remove_cached(digest, unused_since=2000.0) is False
+    assert await store.remove_cached(digest, unused_since=2500.0) is True
+
+
+@pytest.mark.anyio
+async def test_a_touch_during_a_flush_stays_pending(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FilesystemBlobStore(tmp_path)
+    data = b"touched while its earlier use is written"
+    digest = Digest.from_bytes(data)
+    async with store.ingest(digest, len(data)) as writer:
+        await writer.write(data)
+        await writer.commit()
+    await store.mark(digest, source="hub", at=1.0)
+    store.touch(digest, 10.0)
+    writing, resume = threading.Event(), threading.Event()
+    real_write_uses = _fsusage.Usage.write_uses
+
+    def slow_write_uses(usage: _fsusage.Usage, uses: dict[Digest, float]) -> None:
+        writing.set()
+        resume.wait(timeout=30)
+        real_write_uses(usage, uses)
+
+    monkeypatch.setattr(_fsusage.Usage, "write_uses", slow_write_uses)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(store.flush)
+        await anyio.to_thread.run_sync(writing.wait, 30)
+        store.touch(digest, 20.0)  # on the event loop, while the thread writes 10.0
+        resume.set()
+    assert os.stat(store.blob_path(digest)).st_mtime == 10.0
+    assert [b.last_used for b in await store.cached()] == [20.0]
+    monkeypatch.undo()
+    await store.flush()
+    assert os.stat(store.blob_path(digest)).st_mtime == 20.0

@@ -391,3 +391,102 @@ def test_generated_manifest_digest_is_digest_of_bytes(seed: int, layers: int) ->
     assert image.manifest.digest == Digest.from_bytes(image.manifest.data)
     again = Manifest.parse(image.manifest.data)
     assert again == image.manifest and again.digest == image.manifest.digest
+
+
+# -- hostile JSON (issue 10 bug 2, issue 11 finding 10) ---------------------------
+
+
+@pytest.mark.parametrize(
+    "nesting",
+    [
+        b"[" * 100_000 + b"]" * 100_000,  # about 200 KB of arrays
+        b'{"a":' * 40_000 + b"1" + b"}" * 40_000,  # about 200 KB of objects
+    ],
+    ids=["arrays", "objects"],
+)
+def test_deep_nesting_is_manifest_invalid_not_recursion_error(nesting: bytes) -> None:
+    data = _doc(schemaVersion=2, mediaType=OCI_MANIFEST, config=CONFIG, layers=[])
+    hostile = data[:-1] + b', "x": ' + nesting + b"}"
+    assert 190_000 < len(hostile) < 4 * 1024 * 1024
+    with pytest.raises(ManifestInvalid, match="nested deeper"):
+        Manifest.parse(hostile)
+    with pytest.raises(ManifestInvalid, match="nested deeper"):
+        Manifest.parse(nesting)
+    with pytest.raises(ManifestInvalid):
+        Descriptor.parse(nesting)
+
+
+def test_nesting_of_real_manifests_is_accepted() -> None:
+    # A manifest nests a few levels; annotations and platforms add one or two.
+    m = Manifest.parse(random_index(seed=3).manifest.data)
+    assert m.is_index
+
+
+def test_duplicate_keys_are_manifest_invalid() -> None:
+    # Two parsers can read a duplicated key two ways (first or last wins): a
+    # registry and a client could then disagree on what one digest means.
+    data = _doc(schemaVersion=2, mediaType=OCI_MANIFEST, config=CONFIG, layers=[])
+    twice = data[:-1] + b', "mediaType": "' + OCI_INDEX.encode() + b'"}'
+    with pytest.raises(ManifestInvalid, match="duplicate key 'mediaType'"):
+        Manifest.parse(twice)
+    nested = b'{"mediaType": "a/b", "digest": "%s", "size": 1, "size": 2}' % SHA.encode()
+    with pytest.raises(ManifestInvalid, match="duplicate key 'size'"):
+        Descriptor.parse(nested)
+
+
+def test_descriptor_parse_refuses_non_text() -> None:
+    with pytest.raises(ManifestInvalid, match="str or bytes"):
+        Descriptor.parse(123)  # type: ignore[arg-type]
+
+
+# -- referrers and declared sizes ----------------------------------------------------
+
+
+def test_referrer_descriptor_takes_artifact_type_else_config_type() -> None:
+    subject = {"mediaType": OCI_MANIFEST, "digest": SHA, "size": 3}
+    typed = Manifest.parse(
+        _doc(
+            schemaVersion=2,
+            mediaType=OCI_MANIFEST,
+            artifactType="application/spdx+json",
+            config={"mediaType": "application/vnd.oci.empty.v1+json", "digest": SHA, "size": 2},
+            layers=[LAYER],
+            subject=subject,
+            annotations={"org.opencontainers.image.created": "2024-01-01T00:00:00Z"},
+        )
+    )
+    found = typed.referrer()
+    assert found == Descriptor(
+        OCI_MANIFEST,
+        typed.digest,
+        typed.size,
+        annotations={"org.opencontainers.image.created": "2024-01-01T00:00:00Z"},
+        artifact_type="application/spdx+json",
+    )
+    untyped = Manifest.parse(
+        _doc(
+            schemaVersion=2,
+            mediaType=OCI_MANIFEST,
+            config={"mediaType": "application/vnd.example.sig", "digest": SHA, "size": 2},
+            layers=[],
+            subject=subject,
+        )
+    )
+    assert untyped.referrer().artifact_type == "application/vnd.example.sig"
+    assert untyped.referrer().annotations is None
+    index = Manifest.parse(
+        _doc(schemaVersion=2, mediaType=OCI_INDEX, manifests=[], subject=subject)
+    )
+    assert index.referrer().artifact_type is None
+    with pytest.raises(ManifestInvalid, match="no subject"):
+        random_image(seed=1).manifest.referrer()
+
+
+def test_descriptor_check_held_compares_declared_size() -> None:
+    declared = Descriptor("application/octet-stream", SHA, 10)
+    declared.check_held(Descriptor("application/octet-stream", SHA, 10))
+    with pytest.raises(ManifestInvalid, match="declares 10 bytes, but the blob has 11") as info:
+        declared.check_held(Descriptor("application/octet-stream", SHA, 11))
+    assert info.value.code == "MANIFEST_INVALID"
+    with pytest.raises(InvalidInput, match="not the content"):
+        declared.check_held(Descriptor("application/octet-stream", "sha256:" + "b" * 64, 10))

@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 
 from dockerconnect._digest import Digest, as_digest
+from dockerconnect._json import JsonInvalid, load_json
 from dockerconnect.errors import DockerConnectError, InvalidInput, ManifestInvalid
 
 __all__ = ["Annotations", "Descriptor", "Platform"]
@@ -181,12 +182,36 @@ class Descriptor:
         if not all(isinstance(u, str) for u in self.urls):
             raise InvalidInput("descriptor urls must be strings")
 
+    def check_held(self, held: Descriptor) -> None:
+        """Raise ``ManifestInvalid`` unless ``held`` (what a store or connector
+        says it has under this digest) has the size this descriptor declares.
+
+        A digest fixes the bytes, so a declared size that differs from the
+        blob's real size can only be wrong: a client that pulls the manifest
+        checks both and fails. Checking at push time refuses such a manifest
+        (``MANIFEST_INVALID``) instead of storing one that no client can pull.
+        """
+        if held.digest != self.digest:
+            raise InvalidInput(f"{held.digest} is not the content of descriptor {self.digest}")
+        if held.size != self.size:
+            raise ManifestInvalid(
+                f"descriptor {self.digest} declares {self.size} bytes, "
+                f"but the blob has {held.size}",
+                digest=str(self.digest),
+            )
+
     @classmethod
     def parse(cls, data: str | bytes) -> Descriptor:
-        """From a descriptor's JSON text; raises :class:`ManifestInvalid`."""
+        """From a descriptor's JSON text; raises :class:`ManifestInvalid`.
+
+        Read as strictly as :meth:`Manifest.parse` reads a manifest: no
+        duplicate keys, bounded nesting.
+        """
+        if not isinstance(data, (str, bytes)):
+            raise ManifestInvalid(f"descriptor must be str or bytes, not {type(data).__name__}")
         try:
-            obj = json.loads(data)
-        except (ValueError, TypeError) as exc:
+            obj = load_json(data)
+        except JsonInvalid as exc:
             raise ManifestInvalid(f"descriptor is not JSON: {exc}") from exc
         return cls.from_dict(obj)
 

@@ -10,8 +10,15 @@ its own)::
     ├── blobs/<algorithm>/<hex[:2]>/<hex>      a blob's exact bytes
     ├── repositories/<repository>/             one directory per ``/``-separated component
     │   ├── _manifests/<algorithm>/<hex>       "<media type>\\n" then the manifest's exact bytes
-    │   └── _tags/<tag>.json                   a TagRecord:
-    │                                          {"confirmed_at", "digest", "media_type", "source"}
+    │   ├── _referrers/<algorithm>/<hex>/      the referrers of the subject <algorithm>:<hex>:
+    │   │   └── <algorithm>-<hex>.json         one referrer's descriptor (Descriptor.to_json)
+    │   ├── _referrers/<algorithm>/<hex>.lock  taken while that subject's entries change
+    │   ├── _tags/<tag>.json                   a TagRecord:
+    │   │                                      {"confirmed_at", "digest", "media_type", "source"}
+    │   ├── _usage/<algorithm>/<hex>.json      a manifest's origin (ManifestUsageLog)
+    │   └── _usage.lock                        taken to mark, flush or remove
+    ├── usage/<algorithm>/<hex[:2]>/<hex>.json a blob's origin: {"source", "at"} (UsageLog)
+    ├── usage/<algorithm>/<hex[:2]>.lock       taken to mark, flush, remove or re-commit
     └── tmp/<random>.tmp                       files being written
 
 Every path is built from validated parts only: repository components match
@@ -36,6 +43,20 @@ writers of other instances or processes sharing the root are left alone.
 Without ``fcntl`` (Windows) a file that is still open cannot be removed, which
 serves the same purpose.
 
+The referrers index (:class:`~dockerconnect.ReferrersIndex`) follows one
+rule that a crash cannot break: an entry counts only while the manifest it
+names is stored. ``put_manifest`` writes the entry before the manifest and
+``delete_manifest`` removes it after, each file atomically, so a crash in
+between leaves an entry that is ignored, never a stored referrer that is not
+listed. Changes to one subject's entries hold an ``flock`` on its ``.lock``
+file, so processes that put and delete the same referrer at once agree.
+
+The blob store is also a :class:`~dockerconnect.UsageLog` (see
+:mod:`dockerconnect._fsusage`): a blob's last use is its file's modification
+time, and marking, flushing uses, removing a cached blob and committing a
+blob that is already held all take the ``flock`` of the blob's bucket, so
+processes sharing the root never remove a blob another one is committing.
+
 Blob writers hash through :class:`~dockerconnect.DigestVerifier` and publish
 only verified bytes. Two writers of the same digest at once both succeed and
 leave one file. Reads stream chunks of at most
@@ -52,150 +73,51 @@ from __future__ import annotations
 import io
 import json
 import os
-import secrets
 import threading
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections import Counter
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Final
 
 import anyio
 import anyio.to_thread
 
+from dockerconnect import _fsroot
 from dockerconnect._descriptor import Descriptor
 from dockerconnect._digest import Digest, DigestVerifier
+from dockerconnect._fsroot import LOCK_SUFFIX, Root, locked, read_or_none, run
+from dockerconnect._fsusage import ManifestUsage, Usage
 from dockerconnect._manifest import Manifest
-from dockerconnect._memory import check_offset, check_size, check_writable
-from dockerconnect._protocols import BLOB_MEDIA_TYPE, BlobWriter, TagRecord
+from dockerconnect._protocols import (
+    BLOB_MEDIA_TYPE,
+    BlobWriter,
+    CachedBlob,
+    CachedManifest,
+    TagRecord,
+)
 from dockerconnect._reference import validate_repository, validate_tag
+from dockerconnect._stores import check_offset, check_time, check_writable, ingest
 from dockerconnect._stream import CHUNK_SIZE, BlobStream
 from dockerconnect._together import together
 from dockerconnect.errors import (
     BlobUploadInvalid,
+    DigestInvalid,
     InvalidInput,
+    ManifestInvalid,
     NameInvalid,
     StorageError,
     TagInvalid,
 )
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    _flock: Callable[[int], bool] | None = None
-else:
-
-    def _flock_posix(fd: int) -> bool:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
-
-    _flock = _flock_posix
-
 __all__ = ["FilesystemBlobStore", "FilesystemManifestStore"]
 
-T = TypeVar("T")
 
 BLOBS_DIR: Final = "blobs"
 REPOSITORIES_DIR: Final = "repositories"
-TMP_DIR: Final = "tmp"
 MANIFESTS_DIR: Final = "_manifests"
 TAGS_DIR: Final = "_tags"
-TMP_SUFFIX: Final = ".tmp"
+REFERRERS_DIR: Final = "_referrers"
 TAG_SUFFIX: Final = ".json"
-
-_O_BINARY: Final = getattr(os, "O_BINARY", 0)
-
-
-class _Root:
-    """A store's root directory and the crash-safe file primitives both stores use."""
-
-    __slots__ = ("path", "tmp")
-
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.path = Path(os.fspath(root)).absolute()
-        self.tmp = str(self.path / TMP_DIR)
-        try:
-            os.makedirs(self.tmp, exist_ok=True)
-            _remove_leftovers(self.tmp)
-        except OSError as exc:
-            raise StorageError(f"could not open store root: {_reason(exc)}") from exc
-
-    def join(self, *parts: str) -> str:
-        """``root/parts…``; refuses any result outside the root.
-
-        Callers pass validated names only, so a refusal here means a
-        validation rule and this layout disagree: fail closed.
-        """
-        path = os.path.normpath(os.path.join(self.path, *parts))
-        if os.path.commonpath([self.path, path]) != str(self.path) or path == str(self.path):
-            raise InvalidInput(f"path {os.path.join(*parts)!r} would leave the store root")
-        return path
-
-    def create_temp(self) -> tuple[int, str]:
-        """A new, locked, empty temporary file: ``(fd, path)``."""
-        while True:
-            path = os.path.join(self.tmp, secrets.token_hex(16) + TMP_SUFFIX)
-            flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_BINARY
-            try:
-                fd = os.open(path, flags, 0o644)
-            except FileNotFoundError:
-                # Someone removed tmp/ under us (by hand); recreate it.
-                os.makedirs(self.tmp, exist_ok=True)
-                continue
-            # Between open and lock another instance's clean-up may lock and
-            # unlink the new file: if the lock fails, or the name no longer
-            # leads to our file, start over with a fresh name.
-            if _flock is not None and not _flock(fd):
-                os.close(fd)
-                continue
-            if not _same_file(path, fd):
-                os.close(fd)
-                continue
-            return fd, path
-
-    def publish(self, fd: int, temp: str, final: str, *, replace: bool) -> None:
-        """Make the temporary file ``temp`` (open as ``fd``) visible as ``final``.
-
-        ``fsync`` before the rename, so a crash never shows a name with
-        partial content; ``fsync`` the directory after, so the rename
-        persists. With ``replace=False`` an existing ``final`` is kept (the
-        content is the same, by its digest) and ``temp`` is removed. Closes
-        ``fd`` in every case.
-        """
-        try:
-            parent = os.path.dirname(final)
-            if not replace and os.path.exists(final):
-                os.unlink(temp)
-            else:
-                os.fsync(fd)
-                _make_dirs(parent)
-                os.replace(temp, final)
-                _fsync_dir(parent)
-        except BaseException:
-            _discard(fd, temp)
-            raise
-        os.close(fd)
-
-    def write_file(self, final: str, data: bytes) -> None:
-        """Atomically replace ``final`` with ``data``."""
-        fd, temp = self.create_temp()
-        try:
-            _write_all(fd, data)
-        except BaseException:
-            _discard(fd, temp)
-            raise
-        self.publish(fd, temp, final, replace=True)
-
-    def remove(self, path: str) -> bool:
-        """Remove the file ``path``; ``False`` if it was not there."""
-        try:
-            os.unlink(path)
-        except (FileNotFoundError, NotADirectoryError):
-            return False
-        _fsync_dir(os.path.dirname(path))
-        return True
 
 
 class FilesystemBlobStore:
@@ -207,8 +129,10 @@ class FilesystemBlobStore:
     """
 
     def __init__(self, root: str | os.PathLike[str], *, name: str = "filesystem") -> None:
-        self._root = _Root(root)
+        self._root = Root(root)
         self.name = name
+        self._busy: Counter[Digest] = Counter()
+        self._usage = Usage(self._root, self._path, self._busy)
 
     @property
     def root(self) -> Path:
@@ -227,7 +151,7 @@ class FilesystemBlobStore:
         # Only verifiable digests can ever be ingested; others are never here.
         if not digest.verifiable:
             return None
-        size = await _run("stat blob", _size_or_none, self._path(digest))
+        size = await run("stat blob", _size_or_none, self._path(digest))
         if size is None:
             return None
         return Descriptor(BLOB_MEDIA_TYPE, digest, size)
@@ -237,7 +161,7 @@ class FilesystemBlobStore:
         check_offset(offset, None, digest)
         if not digest.verifiable:
             return None
-        opened = await _run("open blob", _open_at, self._path(digest), offset)
+        opened = await run("open blob", _open_at, self._path(digest), offset)
         if opened is None:
             return None
         file, first, size = opened
@@ -248,22 +172,48 @@ class FilesystemBlobStore:
     def ingest(
         self, digest: Digest, size: int | None = None
     ) -> AbstractAsyncContextManager[BlobWriter]:
-        verifier = DigestVerifier(Digest.parse(digest), check_size(size))
-        return self._ingest(verifier)
-
-    @asynccontextmanager
-    async def _ingest(self, verifier: DigestVerifier) -> AsyncIterator[BlobWriter]:
-        writer = _FileWriter(self._root, verifier, self._path(verifier.digest))
-        try:
-            yield writer
-        finally:
-            await writer.close()
+        return ingest(
+            digest,
+            size,
+            lambda v: _FileWriter(self._root, v, self._path(v.digest), self._usage),
+            busy=self._busy,
+        )
 
     async def delete(self, digest: Digest) -> bool:
         digest = Digest.parse(digest)
         if not digest.verifiable:
             return False
-        return await _run("delete blob", self._root.remove, self._path(digest))
+        removed = await run("delete blob", self._root.remove, self._path(digest))
+        await run("delete blob", self._usage.forget, digest)
+        return removed
+
+    # --- UsageLog ---------------------------------------------------------------
+
+    async def mark(self, digest: Digest, *, source: str | None, at: float) -> None:
+        """See :class:`~dockerconnect.UsageLog`."""
+        digest, at = Digest.parse(digest), check_time(at)
+        await run("mark blob", self._usage.mark, digest, source, at)
+
+    def touch(self, digest: Digest, at: float) -> None:
+        """See :class:`~dockerconnect.UsageLog`; no I/O until :meth:`flush`."""
+        self._usage.touch(Digest.parse(digest), check_time(at))
+
+    async def flush(self) -> None:
+        """See :class:`~dockerconnect.UsageLog`."""
+        uses = self._usage.pending()
+        await run("record blob use", self._usage.write_uses, uses)
+        self._usage.written(uses)
+
+    async def cached(self) -> list[CachedBlob]:
+        """See :class:`~dockerconnect.UsageLog`."""
+        return await run("list cached blobs", self._usage.cached)
+
+    async def remove_cached(self, digest: Digest, *, unused_since: float) -> bool:
+        """See :class:`~dockerconnect.UsageLog`."""
+        digest, unused_since = Digest.parse(digest), check_time(unused_since, bound=True)
+        if not digest.verifiable:
+            return False
+        return await run("remove cached blob", self._usage.remove_cached, digest, unused_since)
 
     def __repr__(self) -> str:
         return f"FilesystemBlobStore({str(self.root)!r}, name={self.name!r})"
@@ -290,11 +240,13 @@ class _FileWriter:
         "_root",
         "_state",
         "_temp",
+        "_usage",
         "_verifier",
     )
 
-    def __init__(self, root: _Root, verifier: DigestVerifier, final: str) -> None:
+    def __init__(self, root: Root, verifier: DigestVerifier, final: str, usage: Usage) -> None:
         self._root = root
+        self._usage = usage
         self._verifier = verifier
         self._final = final
         # Set from a worker thread by ``_append``; read by ``_release``.
@@ -331,7 +283,7 @@ class _FileWriter:
         try:
             self._verifier.verify()
             rest, self._buffer = bytes(self._buffer), bytearray()
-            await _run("publish blob", self._publish, rest)
+            await run("publish blob", self._publish, rest)
         except BaseException:
             await self._fail()
             raise
@@ -343,13 +295,13 @@ class _FileWriter:
         # the hash's first await, so the write is cancelled before it starts.
         await together(
             lambda: self._verifier.aupdate(data),
-            lambda: _run("write blob", self._append, data),
+            lambda: run("write blob", self._append, data),
         )
 
     async def _flush(self) -> None:
         if self._buffer:
             data, self._buffer = bytes(self._buffer), bytearray()
-            await _run("write blob", self._append, data)
+            await run("write blob", self._append, data)
 
     def _append(self, data: bytes) -> None:
         """Write ``data`` to the temporary file, creating it first if needed."""
@@ -358,7 +310,7 @@ class _FileWriter:
                 self._fd, self._temp = self._root.create_temp()
         # Not under the lock: writes and read-backs touch different offsets,
         # and the file is only closed after the last write (commit or failure).
-        _write_all(self._fd, data)
+        _fsroot.write_all(self._fd, data)
         self._on_disk += len(data)
 
     async def read_back(self, offset: int, size: int) -> bytes:
@@ -385,8 +337,10 @@ class _FileWriter:
     def _publish(self, rest: bytes) -> None:
         with self._lock:
             self._state = "publishing"
-        if self._fd is None and os.path.exists(self._final):
-            # Small and already stored: no file needs writing at all.
+        if self._usage.refresh_held(self._final, self._verifier.digest):
+            # Already stored, and now counted as used under the bucket lock, so
+            # a removal of it in another process cannot slip in between.
+            self._discard_locked()
             return
         self._append(rest)
         with self._lock:
@@ -416,7 +370,7 @@ class _FileWriter:
         with self._lock:
             fd, self._fd = self._fd, None
             if fd is not None:
-                _discard(fd, self._temp)
+                _fsroot.discard(fd, self._temp)
 
 
 class _FileChunks:
@@ -449,7 +403,7 @@ class _FileChunks:
             raise StopAsyncIteration
         want = min(CHUNK_SIZE, self._end - self._position)
         try:
-            chunk = await _run("read blob", file.read, want)
+            chunk = await run("read blob", file.read, want)
         except BaseException:
             await self.aclose()
             raise
@@ -475,10 +429,21 @@ class FilesystemManifestStore:
     documentation for the layout and the crash-safety rules. Deleting a
     manifest leaves tags pointing at it alone: whether a tag may dangle is
     the caller's decision.
+
+    It is also a :class:`~dockerconnect.ReferrersIndex`, kept on disk by
+    ``put_manifest`` and ``delete_manifest`` and so surviving a restart, and
+    a :class:`~dockerconnect.ManifestUsageLog` (see :mod:`dockerconnect._fsusage`).
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self._root = _Root(root)
+        self._root = Root(root)
+        self._usage = ManifestUsage(
+            self._root,
+            self._repository,
+            self._manifest_path,
+            self._delete_manifest,
+            lambda: _list_repositories(self._root.join(REPOSITORIES_DIR)),
+        )
 
     @property
     def root(self) -> Path:
@@ -500,7 +465,7 @@ class FilesystemManifestStore:
         if not digest.verifiable:
             return None
         path = self._manifest_path(repository, digest)
-        content = await _run("read manifest", _read_or_none, path)
+        content = await run("read manifest", read_or_none, path)
         if content is None:
             return None
         media_type, newline, data = content.partition(b"\n")
@@ -517,21 +482,123 @@ class FilesystemManifestStore:
             raise InvalidInput(f"expected a Manifest, not {type(manifest).__name__}")
         path = self._manifest_path(repository, manifest.digest)
         content = manifest.media_type.encode("ascii") + b"\n" + manifest.data
-        await _run("write manifest", self._root.write_file, path, content)
+        if manifest.subject is None:
+            await run("write manifest", self._root.write_file, path, content)
+            return
+        await run("write manifest", self._put_referrer, repository, manifest, path, content)
+
+    def _put_referrer(self, repository: str, manifest: Manifest, path: str, content: bytes) -> None:
+        # The entry first: it only counts once the manifest is there too.
+        assert manifest.subject is not None
+        subject = manifest.subject.digest
+        entry = manifest.referrer().to_json().encode()
+        with self._subject_lock(repository, subject):
+            self._root.write_file(self._referrer_path(repository, subject, manifest.digest), entry)
+            self._root.write_file(path, content)
 
     async def delete_manifest(self, repository: str, digest: Digest) -> bool:
         repository = validate_repository(repository)
         digest = Digest.parse(digest)
         if not digest.verifiable:
             return False
+        removed = await run("delete manifest", self._delete_manifest, repository, digest)
+        await run("delete manifest", self._usage.forget, repository, digest)
+        return removed
+
+    def _delete_manifest(self, repository: str, digest: Digest) -> bool:
         path = self._manifest_path(repository, digest)
-        return await _run("delete manifest", self._root.remove, path)
+        content = read_or_none(path)
+        subject = _subject_of(content) if content is not None else None
+        if subject is None:
+            return self._root.remove(path)
+        # The manifest first: without it the entry no longer counts.
+        with self._subject_lock(repository, subject):
+            removed = self._root.remove(path)
+            self._root.remove(self._referrer_path(repository, subject, digest))
+        return removed
+
+    # --- ManifestUsageLog ---------------------------------------------------------
+
+    async def mark_manifest(
+        self, repository: str, digest: Digest, *, source: str | None, at: float
+    ) -> None:
+        """See :class:`~dockerconnect.ManifestUsageLog`."""
+        repository, digest = validate_repository(repository), Digest.parse(digest)
+        at = check_time(at)
+        await run("mark manifest", self._usage.mark, repository, digest, source, at)
+
+    def touch_manifest(self, repository: str, digest: Digest, at: float) -> None:
+        """See :class:`~dockerconnect.ManifestUsageLog`; no I/O until :meth:`flush`."""
+        repository, digest = validate_repository(repository), Digest.parse(digest)
+        self._usage.touch(repository, digest, check_time(at))
+
+    async def flush(self) -> None:
+        """See :class:`~dockerconnect.ManifestUsageLog`."""
+        uses = self._usage.pending()
+        await run("record manifest use", self._usage.write_uses, uses)
+        self._usage.written(uses)
+
+    async def cached_manifests(self) -> list[CachedManifest]:
+        """See :class:`~dockerconnect.ManifestUsageLog`."""
+        return await run("list cached manifests", self._usage.cached)
+
+    async def remove_cached_manifest(
+        self, repository: str, digest: Digest, *, unused_since: float
+    ) -> bool:
+        """See :class:`~dockerconnect.ManifestUsageLog`."""
+        repository, digest = validate_repository(repository), Digest.parse(digest)
+        unused_since = check_time(unused_since, bound=True)
+        if not digest.verifiable:
+            return False
+        return await run(
+            "remove cached manifest", self._usage.remove_cached, repository, digest, unused_since
+        )
+
+    async def referrers(self, repository: str, subject: Digest) -> list[Descriptor]:
+        """See :class:`~dockerconnect.ReferrersIndex`."""
+        repository = validate_repository(repository)
+        subject = Digest.parse(subject)
+        return await run("list referrers", self._referrers, repository, subject)
+
+    def _referrers(self, repository: str, subject: Digest) -> list[Descriptor]:
+        directory = self._repository(repository, REFERRERS_DIR, subject.algorithm, subject.hex)
+        try:
+            names = os.listdir(directory)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        found: list[Descriptor] = []
+        for name in names:
+            digest = _referrer_digest(name)
+            if digest is None or not os.path.exists(self._manifest_path(repository, digest)):
+                continue
+            content = read_or_none(os.path.join(directory, name))
+            if content is None:
+                continue
+            try:
+                descriptor = Descriptor.parse(content)
+            except ManifestInvalid as exc:
+                raise StorageError(f"corrupt referrers entry {name}: {exc.message}") from exc
+            if descriptor.digest != digest:
+                raise StorageError(f"referrers entry {name} describes {descriptor.digest}")
+            found.append(descriptor)
+        return sorted(found, key=lambda d: str(d.digest))
+
+    def _referrer_path(self, repository: str, subject: Digest, referrer: Digest) -> str:
+        name = f"{referrer.algorithm}-{referrer.hex}{TAG_SUFFIX}"
+        return self._repository(repository, REFERRERS_DIR, subject.algorithm, subject.hex, name)
+
+    def _subject_lock(self, repository: str, subject: Digest) -> AbstractContextManager[None]:
+        return locked(
+            self._repository(
+                repository, REFERRERS_DIR, subject.algorithm, subject.hex + LOCK_SUFFIX
+            )
+        )
 
     async def get_tag(self, repository: str, tag: str) -> TagRecord | None:
         repository = validate_repository(repository)
         tag = validate_tag(tag)
         path = self._tag_path(repository, tag)
-        content = await _run("read tag", _read_or_none, path)
+        content = await run("read tag", read_or_none, path)
         if content is None:
             return None
         try:
@@ -557,117 +624,24 @@ class FilesystemManifestStore:
             "source": record.source,
         }
         content = json.dumps(doc, sort_keys=True).encode()
-        await _run("write tag", self._root.write_file, self._tag_path(repository, tag), content)
+        await run("write tag", self._root.write_file, self._tag_path(repository, tag), content)
 
     async def delete_tag(self, repository: str, tag: str) -> bool:
         repository = validate_repository(repository)
         tag = validate_tag(tag)
-        return await _run("delete tag", self._root.remove, self._tag_path(repository, tag))
+        return await run("delete tag", self._root.remove, self._tag_path(repository, tag))
 
     async def tags(self, repository: str) -> list[str] | None:
         repository = validate_repository(repository)
-        return await _run("list tags", _list_tags, self._repository(repository))
+        return await run("list tags", _list_tags, self._repository(repository))
 
     async def repositories(self) -> list[str]:
         top = self._root.join(REPOSITORIES_DIR)
-        found = await _run("list repositories", _list_repositories, top)
+        found = await run("list repositories", _list_repositories, top)
         return sorted(found)
 
     def __repr__(self) -> str:
         return f"FilesystemManifestStore({str(self.root)!r})"
-
-
-# The blocking work below runs in worker threads.
-
-
-async def _run(what: str, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """``func(*args, **kwargs)`` in a worker thread, ``OSError`` as ``StorageError``."""
-    try:
-        if kwargs:
-            return await anyio.to_thread.run_sync(lambda: func(*args, **kwargs))
-        return await anyio.to_thread.run_sync(func, *args)
-    except OSError as exc:
-        raise StorageError(f"could not {what}: {_reason(exc)}") from exc
-
-
-def _reason(exc: OSError) -> str:
-    # The message may reach an HTTP client: name the failure, not the paths.
-    return exc.strerror or type(exc).__name__
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def _discard(fd: int, temp: str) -> None:
-    # Best effort: a failure here must not hide the error that led to the
-    # discard, and the next store opened over this root removes what is left.
-    try:
-        os.close(fd)
-    except OSError:
-        pass
-    try:
-        os.unlink(temp)
-    except OSError:
-        pass
-
-
-def _same_file(path: str, fd: int) -> bool:
-    try:
-        on_disk = os.stat(path)
-    except FileNotFoundError:
-        return False
-    held = os.fstat(fd)
-    return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
-
-
-def _remove_leftovers(tmp: str) -> None:
-    """Remove every file in ``tmp`` that no live writer holds."""
-    for entry in os.scandir(tmp):
-        if not entry.is_file(follow_symlinks=False):
-            continue
-        if _flock is None:
-            try:
-                os.unlink(entry.path)
-            except (FileNotFoundError, PermissionError):
-                pass
-            continue
-        try:
-            fd = os.open(entry.path, os.O_RDONLY | _O_BINARY)
-        except FileNotFoundError:
-            continue
-        try:
-            if _flock(fd) and _same_file(entry.path, fd):
-                os.unlink(entry.path)
-        finally:
-            os.close(fd)
-
-
-def _make_dirs(path: str) -> None:
-    """``os.makedirs``, ``fsync``-ing each parent that gained an entry."""
-    missing: list[str] = []
-    while not os.path.isdir(path):
-        missing.append(path)
-        path = os.path.dirname(path)
-    for directory in reversed(missing):
-        try:
-            os.mkdir(directory)
-        except FileExistsError:
-            continue
-        _fsync_dir(os.path.dirname(directory))
-
-
-def _fsync_dir(path: str) -> None:
-    if os.name != "posix":  # pragma: no cover - directories cannot be opened elsewhere
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _size_or_none(path: str) -> int | None:
@@ -699,11 +673,25 @@ def _open_at(path: str, offset: int) -> tuple[io.FileIO | None, bytes, int] | No
     return file, first, size
 
 
-def _read_or_none(path: str) -> bytes | None:
+def _subject_of(content: bytes) -> Digest | None:
+    """The subject's digest of a stored manifest file, or ``None``."""
+    media_type, _, data = content.partition(b"\n")
     try:
-        with open(path, "rb") as file:
-            return file.read()
-    except (FileNotFoundError, NotADirectoryError):
+        manifest = Manifest.parse(data, media_type.decode("ascii"))
+    except (ManifestInvalid, UnicodeDecodeError):
+        # Not a manifest this store wrote: nothing of it was indexed.
+        return None
+    return manifest.subject.digest if manifest.subject is not None else None
+
+
+def _referrer_digest(name: str) -> Digest | None:
+    """The referrer digest an entry file is named after, or ``None``."""
+    if not name.endswith(TAG_SUFFIX):
+        return None
+    algorithm, dash, hex_ = name[: -len(TAG_SUFFIX)].rpartition("-")
+    try:
+        return Digest.parse(f"{algorithm}:{hex_}") if dash else None
+    except DigestInvalid:
         return None
 
 

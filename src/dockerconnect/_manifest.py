@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import attrs
 
 from dockerconnect._descriptor import Annotations, Descriptor
 from dockerconnect._digest import Digest
+from dockerconnect._json import JsonInvalid, load_json
 from dockerconnect.errors import ManifestInvalid
 
 __all__ = [
@@ -81,7 +81,10 @@ class Manifest:
         :class:`ManifestInvalid` for Docker schema 1, non-JSON, a wrong
         ``schemaVersion``, missing or invalid descriptors, a ``media_type``
         that disagrees with the document's own ``mediaType``, and documents
-        over :data:`MAX_MANIFEST_SIZE`.
+        over :data:`MAX_MANIFEST_SIZE`. Untrusted JSON is read strictly: a
+        key that appears twice in one object (which other parsers would read
+        differently) and nesting deeper than 64 levels are ``ManifestInvalid``
+        too, never a ``RecursionError``.
         """
         if isinstance(data, (bytearray, memoryview)):
             data = bytes(data)
@@ -95,60 +98,18 @@ class Manifest:
         if given in _SCHEMA1:
             raise ManifestInvalid("Docker schema 1 manifests are not supported")
         try:
-            doc = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
+            doc = load_json(data)
+        except JsonInvalid as exc:
             raise ManifestInvalid(f"manifest is not valid JSON: {exc}") from exc
         if not isinstance(doc, dict):
             raise ManifestInvalid("manifest must be a JSON object")
 
-        own = doc.get("mediaType")
-        if own is not None and not isinstance(own, str):
-            raise ManifestInvalid("manifest 'mediaType' must be a string")
-        if own in _SCHEMA1 or (doc.get("schemaVersion") == 1 and own is None):
-            raise ManifestInvalid("Docker schema 1 manifests are not supported")
-        if given is not None and own is not None and base_media_type(own) != given:
-            raise ManifestInvalid(
-                f"manifest declares mediaType {own!r} but was given as {media_type!r}"
-            )
-        kind = base_media_type(own) if own is not None else given or _guess(doc)
-        if kind not in MANIFEST_MEDIA_TYPES:
-            raise ManifestInvalid(f"unsupported manifest media type {kind!r}")
-
-        if kind != OCI_ARTIFACT_MANIFEST:
-            version = doc.get("schemaVersion")
-            if version != 2 or isinstance(version, bool):
-                raise ManifestInvalid(f"manifest 'schemaVersion' must be 2, not {version!r}")
-        if kind in (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST) and own is None:
-            raise ManifestInvalid(f"Docker manifests must declare their mediaType ({kind})")
-
-        fields: dict[str, Any] = {}
-        if kind in INDEX_MEDIA_TYPES:
-            fields["manifests"] = _descriptor_list(doc, "manifests", required=True)
-        elif kind == OCI_ARTIFACT_MANIFEST:
-            fields["layers"] = _descriptor_list(doc, "blobs", required=False)
-        else:
-            config = doc.get("config")
-            if config is None:
-                raise ManifestInvalid("image manifest needs a 'config' descriptor")
-            fields["config"] = _descriptor(config, "config")
-            fields["layers"] = _descriptor_list(doc, "layers", required=True)
-        if "subject" in doc and doc["subject"] is not None:
-            fields["subject"] = _descriptor(doc["subject"], "subject")
-        artifact_type = doc.get("artifactType")
-        if artifact_type is not None and not isinstance(artifact_type, str):
-            raise ManifestInvalid("manifest 'artifactType' must be a string")
-        annotations = doc.get("annotations")
-        if annotations is not None:
-            if not isinstance(annotations, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()
-            ):
-                raise ManifestInvalid("manifest 'annotations' must map strings to strings")
-            fields["annotations"] = Annotations(annotations)
+        kind = _kind(doc, given, media_type)
+        fields = _fields(doc, kind)
         return cls(
             data=data,
             media_type=kind,
             digest=Digest.from_bytes(data),
-            artifact_type=artifact_type,
             **fields,
         )
 
@@ -165,6 +126,31 @@ class Manifest:
         """A descriptor pointing at this manifest."""
         return Descriptor(
             self.media_type, self.digest, len(self.data), artifact_type=self.artifact_type
+        )
+
+    def referrer(self) -> Descriptor:
+        """This manifest's descriptor as a referrer of its ``subject``.
+
+        What the OCI distribution-spec 1.1 "Listing Referrers" index holds:
+        ``media_type``, ``digest`` and ``size``, ``artifact_type`` (the
+        manifest's ``artifactType``, else its config's media type) and the
+        manifest's ``annotations``. Raises ``ManifestInvalid`` for a manifest
+        without a ``subject``: it refers to nothing.
+        """
+        if self.subject is None:
+            raise ManifestInvalid(
+                f"manifest {self.digest} has no subject, so it is not a referrer",
+                digest=str(self.digest),
+            )
+        artifact_type = self.artifact_type
+        if artifact_type is None and self.config is not None:
+            artifact_type = self.config.media_type
+        return Descriptor(
+            self.media_type,
+            self.digest,
+            len(self.data),
+            annotations=self.annotations,
+            artifact_type=artifact_type,
         )
 
     def references(self) -> tuple[Descriptor, ...]:
@@ -191,6 +177,59 @@ class Manifest:
 
     def __hash__(self) -> int:
         return hash((self.digest, self.media_type))
+
+
+def _kind(doc: dict[str, Any], given: str | None, media_type: str | None) -> str:
+    """The manifest's media type, checked against the one it was given as."""
+    own = doc.get("mediaType")
+    if own is not None and not isinstance(own, str):
+        raise ManifestInvalid("manifest 'mediaType' must be a string")
+    if own in _SCHEMA1 or (doc.get("schemaVersion") == 1 and own is None):
+        raise ManifestInvalid("Docker schema 1 manifests are not supported")
+    if given is not None and own is not None and base_media_type(own) != given:
+        raise ManifestInvalid(
+            f"manifest declares mediaType {own!r} but was given as {media_type!r}"
+        )
+    kind = base_media_type(own) if own is not None else given or _guess(doc)
+    if kind not in MANIFEST_MEDIA_TYPES:
+        raise ManifestInvalid(f"unsupported manifest media type {kind!r}")
+
+    if kind != OCI_ARTIFACT_MANIFEST:
+        version = doc.get("schemaVersion")
+        if version != 2 or isinstance(version, bool):
+            raise ManifestInvalid(f"manifest 'schemaVersion' must be 2, not {version!r}")
+    if kind in (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST) and own is None:
+        raise ManifestInvalid(f"Docker manifests must declare their mediaType ({kind})")
+    return kind
+
+
+def _fields(doc: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The descriptors, subject, artifact type and annotations of a ``kind`` document."""
+    fields: dict[str, Any] = {}
+    if kind in INDEX_MEDIA_TYPES:
+        fields["manifests"] = _descriptor_list(doc, "manifests", required=True)
+    elif kind == OCI_ARTIFACT_MANIFEST:
+        fields["layers"] = _descriptor_list(doc, "blobs", required=False)
+    else:
+        config = doc.get("config")
+        if config is None:
+            raise ManifestInvalid("image manifest needs a 'config' descriptor")
+        fields["config"] = _descriptor(config, "config")
+        fields["layers"] = _descriptor_list(doc, "layers", required=True)
+    if "subject" in doc and doc["subject"] is not None:
+        fields["subject"] = _descriptor(doc["subject"], "subject")
+    artifact_type = doc.get("artifactType")
+    if artifact_type is not None and not isinstance(artifact_type, str):
+        raise ManifestInvalid("manifest 'artifactType' must be a string")
+    fields["artifact_type"] = artifact_type
+    annotations = doc.get("annotations")
+    if annotations is not None:
+        if not isinstance(annotations, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()
+        ):
+            raise ManifestInvalid("manifest 'annotations' must map strings to strings")
+        fields["annotations"] = Annotations(annotations)
+    return fields
 
 
 def _guess(doc: dict[str, Any]) -> str:

@@ -7,8 +7,10 @@ and pass the same conformance suites (:mod:`dockerconnect.testing`).
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import TypeVar
 
 import anyio.lowlevel
@@ -16,13 +18,21 @@ import anyio.lowlevel
 from dockerconnect._descriptor import Descriptor
 from dockerconnect._digest import Digest, DigestVerifier
 from dockerconnect._manifest import Manifest
-from dockerconnect._protocols import BLOB_MEDIA_TYPE, BlobWriter, TagRecord
+from dockerconnect._protocols import (
+    BLOB_MEDIA_TYPE,
+    BlobWriter,
+    CachedBlob,
+    CachedManifest,
+    TagRecord,
+)
 from dockerconnect._reference import validate_repository, validate_tag
+from dockerconnect._stores import check_offset, check_source, check_time, check_writable, ingest
 from dockerconnect._stream import CHUNK_SIZE, BlobStream
-from dockerconnect.errors import BlobUploadInvalid, InvalidInput, RangeInvalid
+from dockerconnect.errors import BlobUploadInvalid, InvalidInput
 
 __all__ = ["MemoryBlobStore", "MemoryManifestStore"]
 
+_G = TypeVar("_G")
 _K = TypeVar("_K")
 _V = TypeVar("_V")
 
@@ -32,11 +42,17 @@ class MemoryBlobStore:
 
     Streams yield chunks of at most :data:`~dockerconnect._stream.CHUNK_SIZE`
     bytes. ``name`` is what returned streams report as their ``source``.
+    It is also a :class:`~dockerconnect.UsageLog`: origins and uses are
+    kept in dicts beside the blobs (``flush`` has nothing to write).
     """
 
     def __init__(self, *, name: str = "memory") -> None:
         self.name = name
         self._blobs: dict[Digest, bytes] = {}
+        # digest -> (source, cached_at); source None: pushed (sticky).
+        self._marks: dict[Digest, tuple[str | None, float]] = {}
+        self._used: dict[Digest, float] = {}
+        self._busy: Counter[Digest] = Counter()
 
     async def stat(self, digest: Digest) -> Descriptor | None:
         digest = Digest.parse(digest)
@@ -58,23 +74,65 @@ class MemoryBlobStore:
     def ingest(
         self, digest: Digest, size: int | None = None
     ) -> AbstractAsyncContextManager[BlobWriter]:
-        # Validated here, not inside the generator, so bad input fails at the
-        # call rather than at ``async with``.
-        verifier = DigestVerifier(Digest.parse(digest), check_size(size))
-        return self._ingest(verifier)
-
-    @asynccontextmanager
-    async def _ingest(self, verifier: DigestVerifier) -> AsyncIterator[BlobWriter]:
-        writer = _MemoryWriter(self._blobs, verifier)
-        try:
-            yield writer
-        finally:
-            writer.close()
+        return ingest(
+            digest, size, lambda verifier: _MemoryWriter(self._blobs, verifier), busy=self._busy
+        )
 
     async def delete(self, digest: Digest) -> bool:
         digest = Digest.parse(digest)
         await anyio.lowlevel.checkpoint()
+        self._marks.pop(digest, None)
+        self._used.pop(digest, None)
         return self._blobs.pop(digest, None) is not None
+
+    # --- UsageLog -------------------------------------------------------------
+
+    async def mark(self, digest: Digest, *, source: str | None, at: float) -> None:
+        """See :class:`~dockerconnect.UsageLog`."""
+        digest, at = Digest.parse(digest), check_time(at)
+        await anyio.lowlevel.checkpoint()
+        current = self._marks.get(digest)
+        if source is None:
+            self._marks[digest] = (None, at)
+        elif current is None:
+            self._marks[digest] = (check_source(source), at)
+            self.touch(digest, at)
+
+    def touch(self, digest: Digest, at: float) -> None:
+        """See :class:`~dockerconnect.UsageLog`."""
+        digest, at = Digest.parse(digest), check_time(at)
+        if at > self._used.get(digest, -math.inf):
+            self._used[digest] = at
+
+    async def flush(self) -> None:
+        """Nothing to write: uses are kept in memory."""
+        await anyio.lowlevel.checkpoint()
+
+    async def cached(self) -> list[CachedBlob]:
+        """See :class:`~dockerconnect.UsageLog`."""
+        await anyio.lowlevel.checkpoint()
+        found = []
+        for digest, (source, cached_at) in self._marks.items():
+            data = self._blobs.get(digest)
+            if source is None or data is None:
+                continue
+            used = self._used.get(digest, cached_at)
+            found.append(CachedBlob(digest, len(data), source, cached_at, used))
+        return sorted(found, key=lambda b: (b.last_used, str(b.digest)))
+
+    async def remove_cached(self, digest: Digest, *, unused_since: float) -> bool:
+        """See :class:`~dockerconnect.UsageLog`."""
+        digest, unused_since = Digest.parse(digest), check_time(unused_since, bound=True)
+        await anyio.lowlevel.checkpoint()
+        mark = self._marks.get(digest)
+        if mark is None or mark[0] is None or digest not in self._blobs:
+            return False
+        if self._busy[digest] or self._used.get(digest, mark[1]) > unused_since:
+            return False
+        # Open streams hold the bytes themselves: they read on, whole.
+        del self._blobs[digest], self._marks[digest]
+        self._used.pop(digest, None)
+        return True
 
     def __repr__(self) -> str:
         return f"MemoryBlobStore(name={self.name!r}, blobs={len(self._blobs)})"
@@ -143,7 +201,7 @@ class _MemoryWriter:
         self._state = "failed"
         self._chunks.clear()
 
-    def close(self) -> None:
+    async def close(self) -> None:
         if self._state == "open":
             self._state = "closed"
         self._chunks.clear()
@@ -159,6 +217,10 @@ async def _chunks(data: bytes, offset: int) -> AsyncIterator[bytes]:
 class MemoryManifestStore:
     """A :class:`~dockerconnect.ManifestStore` that holds manifests and tags in dicts.
 
+    It is also a :class:`~dockerconnect.ReferrersIndex`: manifests with a
+    ``subject`` are indexed by ``put_manifest`` and unindexed by
+    ``delete_manifest``; and a :class:`~dockerconnect.ManifestUsageLog`.
+
     Deleting a manifest leaves tags pointing at it alone: whether a tag may
     dangle is the caller's decision, as it is for every store.
     """
@@ -166,6 +228,11 @@ class MemoryManifestStore:
     def __init__(self) -> None:
         self._manifests: dict[str, dict[Digest, Manifest]] = {}
         self._tags: dict[str, dict[str, TagRecord]] = {}
+        # repository -> subject -> referrer digest -> its referrer descriptor
+        self._referrers: dict[str, dict[Digest, dict[Digest, Descriptor]]] = {}
+        # (repository, digest) -> (source, cached_at); source None: pushed (sticky).
+        self._marks: dict[tuple[str, Digest], tuple[str | None, float]] = {}
+        self._used: dict[tuple[str, Digest], float] = {}
 
     async def get_manifest(self, repository: str, digest: Digest) -> Manifest | None:
         repository = validate_repository(repository)
@@ -179,12 +246,86 @@ class MemoryManifestStore:
             raise InvalidInput(f"expected a Manifest, not {type(manifest).__name__}")
         await anyio.lowlevel.checkpoint()
         self._manifests.setdefault(repository, {})[manifest.digest] = manifest
+        if manifest.subject is not None:
+            by_subject = self._referrers.setdefault(repository, {})
+            by_subject.setdefault(manifest.subject.digest, {})[manifest.digest] = (
+                manifest.referrer()
+            )
 
     async def delete_manifest(self, repository: str, digest: Digest) -> bool:
         repository = validate_repository(repository)
         digest = Digest.parse(digest)
         await anyio.lowlevel.checkpoint()
+        self._marks.pop((repository, digest), None)
+        self._used.pop((repository, digest), None)
+        manifest = self._manifests.get(repository, {}).get(digest)
+        if manifest is not None and manifest.subject is not None:
+            subjects = self._referrers.get(repository)
+            unindexed = subjects is not None and _pop(subjects, manifest.subject.digest, digest)
+            if unindexed and not subjects:
+                del self._referrers[repository]
         return _pop(self._manifests, repository, digest)
+
+    # --- ManifestUsageLog -------------------------------------------------------
+
+    async def mark_manifest(
+        self, repository: str, digest: Digest, *, source: str | None, at: float
+    ) -> None:
+        """See :class:`~dockerconnect.ManifestUsageLog`."""
+        key = (validate_repository(repository), Digest.parse(digest))
+        at = check_time(at)
+        await anyio.lowlevel.checkpoint()
+        if source is None:
+            self._marks[key] = (None, at)
+        elif key not in self._marks:
+            self._marks[key] = (check_source(source), at)
+            self.touch_manifest(*key, at)
+
+    def touch_manifest(self, repository: str, digest: Digest, at: float) -> None:
+        """See :class:`~dockerconnect.ManifestUsageLog`."""
+        key = (validate_repository(repository), Digest.parse(digest))
+        at = check_time(at)
+        if at > self._used.get(key, -math.inf):
+            self._used[key] = at
+
+    async def flush(self) -> None:
+        """Nothing to write: uses are kept in memory."""
+        await anyio.lowlevel.checkpoint()
+
+    async def cached_manifests(self) -> list[CachedManifest]:
+        """See :class:`~dockerconnect.ManifestUsageLog`."""
+        await anyio.lowlevel.checkpoint()
+        found = []
+        for (repository, digest), (source, cached_at) in self._marks.items():
+            manifest = self._manifests.get(repository, {}).get(digest)
+            if source is None or manifest is None:
+                continue
+            used = self._used.get((repository, digest), cached_at)
+            found.append(CachedManifest(repository, digest, manifest.size, source, cached_at, used))
+        return sorted(found, key=lambda m: (m.last_used, m.repository, str(m.digest)))
+
+    async def remove_cached_manifest(
+        self, repository: str, digest: Digest, *, unused_since: float
+    ) -> bool:
+        """See :class:`~dockerconnect.ManifestUsageLog`."""
+        key = (validate_repository(repository), Digest.parse(digest))
+        unused_since = check_time(unused_since, bound=True)
+        await anyio.lowlevel.checkpoint()
+        mark = self._marks.get(key)
+        if mark is None or mark[0] is None or self._used.get(key, mark[1]) > unused_since:
+            return False
+        removed = await self.delete_manifest(*key)
+        self._marks.pop(key, None)
+        self._used.pop(key, None)
+        return removed
+
+    async def referrers(self, repository: str, subject: Digest) -> list[Descriptor]:
+        """See :class:`~dockerconnect.ReferrersIndex`."""
+        repository = validate_repository(repository)
+        subject = Digest.parse(subject)
+        await anyio.lowlevel.checkpoint()
+        found = self._referrers.get(repository, {}).get(subject, {})
+        return [found[d] for d in sorted(found, key=str)]
 
     async def get_tag(self, repository: str, tag: str) -> TagRecord | None:
         repository = validate_repository(repository)
@@ -225,42 +366,12 @@ class MemoryManifestStore:
         return f"MemoryManifestStore(repositories={len(held)})"
 
 
-def _pop(table: dict[str, dict[_K, _V]], repository: str, key: _K) -> bool:
-    entries = table.get(repository)
+def _pop(table: dict[_G, dict[_K, _V]], group: _G, key: _K) -> bool:
+    entries = table.get(group)
     if entries is None or key not in entries:
         return False
     del entries[key]
-    # An emptied repository is forgotten, so listings only show what is held.
+    # An emptied group is forgotten, so listings only show what is held.
     if not entries:
-        del table[repository]
+        del table[group]
     return True
-
-
-def check_offset(offset: int, size: int | None, digest: Digest) -> None:
-    """Raise :class:`RangeInvalid` unless ``0 <= offset <= size``.
-
-    With ``size=None`` (not known yet) only the type and sign are checked.
-    """
-    if isinstance(offset, bool) or not isinstance(offset, int):
-        raise RangeInvalid(f"offset must be an integer, not {type(offset).__name__}")
-    if offset < 0 or (size is not None and offset > size):
-        raise RangeInvalid(
-            f"offset {offset} is outside the blob's {size} bytes", digest=str(digest)
-        )
-
-
-def check_size(size: int | None) -> int | None:
-    """``size`` if it is ``None`` or a non-negative integer, else :class:`InvalidInput`."""
-    if size is None:
-        return None
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        raise InvalidInput(f"blob size must be a non-negative integer or None, not {size!r}")
-    return size
-
-
-def check_writable(state: str, digest: Digest) -> None:
-    """Raise :class:`BlobUploadInvalid` unless a writer in ``state`` takes writes."""
-    if state != "open":
-        raise BlobUploadInvalid(
-            f"the blob writer is {state}; start a new ingest", digest=str(digest)
-        )

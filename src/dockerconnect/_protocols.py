@@ -21,14 +21,19 @@ from dockerconnect._stream import BlobStream
 __all__ = [
     "BlobStore",
     "BlobWriter",
+    "CachedBlob",
+    "CachedManifest",
     "Connector",
     "IntegrityEntry",
     "IntegrityReport",
     "ManifestContentStore",
+    "ManifestUsageLog",
     "ManifestStore",
+    "ReferrersIndex",
     "Registry",
     "TagRecord",
     "TagStore",
+    "UsageLog",
 ]
 
 #: The media type a blob store reports: stores keep bytes, not their meaning.
@@ -100,6 +105,83 @@ class BlobStore(Protocol):
 
 
 @attrs.frozen(slots=True)
+class CachedBlob:
+    """A blob held because it was fetched through a connector, and its use.
+
+    ``source`` is the connector's name; ``cached_at`` and ``last_used`` are
+    times on the clock of whoever called :meth:`UsageLog.mark` and
+    :meth:`UsageLog.touch` (a resolver's injected clock).
+    """
+
+    digest: Digest = attrs.field(converter=as_digest)
+    size: int
+    source: str
+    cached_at: float
+    last_used: float
+
+
+@runtime_checkable
+class UsageLog(Protocol):
+    """An optional capability of a :class:`BlobStore`: which blobs are a cache, and
+    when each was last used, so that retention can remove them safely.
+
+    The contract a retention policy relies on:
+
+    - **Origin.** :meth:`mark` records where a blob came from: ``source=None``
+      for content pushed to this registry (``push_blob``, or copied by
+      ``pin_on_push``), a connector's name for content cached through it.
+      Pushed is sticky: once a digest is marked pushed, marking it cached
+      again changes nothing, and it is never listed or removed here. A blob
+      that was never marked (say, a crash came between its commit and the
+      mark) is kept too: only what is known to be a cache is removable. So
+      mark pushed content *before* ingesting it, and cached content after its
+      commit. Marks may name a digest the store does not hold (yet).
+    - **Use.** :meth:`touch` records that a blob was served or fetched. It is
+      synchronous and does no I/O, so a warm read never waits on a write;
+      :meth:`flush` writes the pending uses in one batch. Call it
+      periodically and before :meth:`cached` is used to decide across
+      processes: a use is visible to other processes sharing the storage only
+      once flushed (within one store instance it counts at once). Times never
+      go backwards: a touch older than the recorded last use changes nothing.
+      Marking a blob cached counts as a use at that time.
+    - **Listing.** :meth:`cached` lists every held blob marked cached (not
+      pushed), each once, with its size, source, and times.
+    - **Removal.** :meth:`remove_cached` removes a blob only if it is held,
+      marked cached, not used after ``unused_since``, and no ``ingest`` of it
+      is in progress in this store instance; otherwise it returns ``False``
+      and changes nothing. A commit of the same digest racing it (in any
+      process sharing the storage) either finds the blob removed and
+      publishes its own copy, or counts as a use and keeps it. A stream
+      already open on the blob reads it to its end, whole.
+
+    Absent: ``False`` from :meth:`remove_cached`, nothing listed. Failed: a
+    ``DockerConnectError`` (``StorageError``). Invalid digests raise
+    ``DigestInvalid`` before any I/O. :class:`dockerconnect.testing.BlobStoreConformance`
+    tests this contract for stores that have it.
+    """
+
+    async def mark(self, digest: Digest, *, source: str | None, at: float) -> None:
+        """Record ``digest`` as pushed (``source=None``) or cached through ``source``."""
+        ...
+
+    def touch(self, digest: Digest, at: float) -> None:
+        """Note a use of ``digest`` at ``at``, without I/O; :meth:`flush` persists it."""
+        ...
+
+    async def flush(self) -> None:
+        """Write the uses :meth:`touch` noted since the last flush."""
+        ...
+
+    async def cached(self) -> list[CachedBlob]:
+        """Every held blob marked cached, least recently used first."""
+        ...
+
+    async def remove_cached(self, digest: Digest, *, unused_since: float) -> bool:
+        """Remove ``digest`` if it is a cache unused since ``unused_since``; see above."""
+        ...
+
+
+@attrs.frozen(slots=True)
 class TagRecord:
     """Where a tag points, and when and from where that was last confirmed.
 
@@ -156,6 +238,91 @@ class ManifestStore(ManifestContentStore, TagStore, Protocol):
 
     async def repositories(self) -> list[str]:
         """Every repository holding a manifest or a tag, in lexical order."""
+        ...
+
+
+@runtime_checkable
+class ReferrersIndex(Protocol):
+    """An optional capability of a :class:`ManifestStore`: who refers to a digest.
+
+    A referrer is a manifest whose ``subject`` is the digest (OCI
+    distribution-spec 1.1, "Listing Referrers"). The store keeps the index
+    itself, inside ``put_manifest`` and ``delete_manifest``: a manifest with
+    a ``subject`` is listed as soon as ``put_manifest`` returns, whether or
+    not the subject is held anywhere ("Pushing Manifests with Subject"), and
+    no longer once ``delete_manifest`` of it returns. Callers never maintain
+    it by hand, so it cannot drift from the manifests.
+
+    Absent: ``[]`` (no referrers, or an unknown subject; never ``None`` and
+    never an error). Failed: a ``DockerConnectError``. Invalid names and
+    digests raise ``NameInvalid`` / ``DigestInvalid`` before any I/O. A store
+    without this capability still works; whoever needs referrers checks
+    ``isinstance(store, ReferrersIndex)``.
+    """
+
+    async def referrers(self, repository: str, subject: Digest) -> list[Descriptor]:
+        """The referrers of ``subject`` in ``repository``, ordered by digest.
+
+        Each is :meth:`Manifest.referrer() <dockerconnect.Manifest.referrer>`
+        of the stored manifest: media type, digest, size, ``artifact_type``
+        (``artifactType``, else the config's media type) and annotations.
+        Filtering by artifact type is the caller's.
+        """
+        ...
+
+
+@attrs.frozen(slots=True)
+class CachedManifest:
+    """A manifest held because it was fetched through a connector, and its use."""
+
+    repository: str
+    digest: Digest = attrs.field(converter=as_digest)
+    size: int
+    source: str
+    cached_at: float
+    last_used: float
+
+
+@runtime_checkable
+class ManifestUsageLog(Protocol):
+    """An optional capability of a :class:`ManifestStore`: :class:`UsageLog` for
+    manifests, per repository.
+
+    The same contract as :class:`UsageLog`, with a repository beside each
+    digest: ``source=None`` marks a manifest pushed (sticky; mark it before
+    ``put_manifest``), a connector's name marks it cached (after
+    ``put_manifest``); unmarked and pushed manifests are never listed or
+    removed; :meth:`touch_manifest` does no I/O and :meth:`flush` writes the
+    pending uses in one batch. :meth:`remove_cached_manifest` removes the
+    manifest (and its referrers entry, for a store that is a
+    :class:`ReferrersIndex`) only if it is marked cached and not used after
+    ``unused_since``. Tags are left alone, as by ``delete_manifest``: a
+    cached tag pointing at a removed manifest is the caller's to remove or
+    refetch.
+    """
+
+    async def mark_manifest(
+        self, repository: str, digest: Digest, *, source: str | None, at: float
+    ) -> None:
+        """Record the manifest as pushed (``source=None``) or cached through ``source``."""
+        ...
+
+    def touch_manifest(self, repository: str, digest: Digest, at: float) -> None:
+        """Note a use at ``at``, without I/O; :meth:`flush` persists it."""
+        ...
+
+    async def flush(self) -> None:
+        """Write the uses noted since the last flush."""
+        ...
+
+    async def cached_manifests(self) -> list[CachedManifest]:
+        """Every held manifest marked cached, least recently used first."""
+        ...
+
+    async def remove_cached_manifest(
+        self, repository: str, digest: Digest, *, unused_since: float
+    ) -> bool:
+        """Remove the manifest if it is a cache unused since ``unused_since``."""
         ...
 
 

@@ -1,7 +1,8 @@
 """What embedders and plugin authors test with.
 
-- Random images and indexes of any shape and size (:func:`random_image`,
-  :func:`random_index`) and an OCI layout writer for real clients.
+- Random images, indexes and artifacts of any shape and size
+  (:func:`random_image`, :func:`random_index`, :func:`random_artifact`) and
+  an OCI layout writer for real clients.
 - An in-process fake upstream with fault injection (:class:`FakeUpstream`)
   and a :class:`CountingConnector` that counts what reached any connector.
 - Conformance suites for stores (:class:`BlobStoreConformance`,
@@ -26,6 +27,7 @@ from dockerconnect.testing._fake import CountingConnector, FakeUpstream, Faults
 from dockerconnect.testing._images import (
     RandomImage,
     RandomIndex,
+    random_artifact,
     random_blob,
     random_image,
     random_index,
@@ -83,6 +85,7 @@ __all__ = [
     "TokenAuthConfig",
     "ToolNotInstalled",
     "push_content",
+    "random_artifact",
     "random_blob",
     "random_image",
     "random_index",

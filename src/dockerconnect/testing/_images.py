@@ -28,6 +28,7 @@ from dockerconnect._manifest import (
 __all__ = [
     "RandomImage",
     "RandomIndex",
+    "random_artifact",
     "random_blob",
     "random_image",
     "random_index",
@@ -139,6 +140,32 @@ def _layer(size: int, rng: random.Random, fmt: LayerFormat, index: int) -> tuple
     return gzip.compress(tar_bytes, compresslevel=1, mtime=0), diff_id
 
 
+def _base_layers(
+    base: RandomImage | None, media_type: str
+) -> tuple[list[bytes], list[str], list[dict[str, object]]]:
+    """The layers, diff IDs and layer descriptors an image built on ``base`` starts with."""
+    if base is None:
+        return [], [], []
+    if base.manifest.media_type != media_type:
+        raise ValueError("base must have the same manifest media type")
+    diff_ids = list(json.loads(base.config)["rootfs"]["diff_ids"])
+    return list(base.layers), diff_ids, [d.to_dict() for d in base.manifest.layers]
+
+
+def _config(platform: Platform, rng: random.Random, diff_ids: list[str]) -> bytes:
+    """An image config for ``platform`` with these layers, seeded by ``rng``."""
+    doc = {
+        "architecture": platform.architecture,
+        "os": platform.os,
+        **({"variant": platform.variant} if platform.variant else {}),
+        "created": "1970-01-01T00:00:00Z",
+        "config": {"Env": [f"SEED={rng.getrandbits(32)}"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": [{"created_by": f"layer {i}"} for i in range(len(diff_ids))],
+    }
+    return json.dumps(doc, sort_keys=True).encode()
+
+
 def random_image(
     *,
     layers: int = 2,
@@ -168,29 +195,12 @@ def random_image(
     sizes = [layer_size] * layers if isinstance(layer_size, int) else list(layer_size)
     if len(sizes) != layers:
         raise ValueError("layer_size must give one size per layer")
-    blobs: list[bytes] = []
-    diff_ids: list[str] = []
-    base_descriptors: list[dict[str, object]] = []
-    if base is not None:
-        if base.manifest.media_type != media_type:
-            raise ValueError("base must have the same manifest media type")
-        blobs.extend(base.layers)
-        diff_ids.extend(json.loads(base.config)["rootfs"]["diff_ids"])
-        base_descriptors = [d.to_dict() for d in base.manifest.layers]
+    blobs, diff_ids, base_descriptors = _base_layers(base, media_type)
     for i, size in enumerate(sizes):
         data, diff_id = _layer(size, rng, layer_format, i)
         blobs.append(data)
         diff_ids.append(diff_id)
-    config_doc = {
-        "architecture": plat.architecture,
-        "os": plat.os,
-        **({"variant": plat.variant} if plat.variant else {}),
-        "created": "1970-01-01T00:00:00Z",
-        "config": {"Env": [f"SEED={rng.getrandbits(32)}"]},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        "history": [{"created_by": f"layer {i}"} for i in range(len(diff_ids))],
-    }
-    config = json.dumps(config_doc, sort_keys=True).encode()
+    config = _config(plat, rng, diff_ids)
     layer_type = _LAYER_TYPES[(media_type, layer_format)]
     doc: dict[str, object] = {
         "schemaVersion": 2,
@@ -212,6 +222,63 @@ def random_image(
         doc["annotations"] = dict(annotations)
     data = json.dumps(doc, indent=2).encode()
     return RandomImage(Manifest.parse(data, media_type), config, tuple(blobs), plat)
+
+
+#: The OCI empty descriptor's media type and content (image-spec manifest.md,
+#: "Guidance for an Empty Descriptor").
+EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
+EMPTY_CONTENT = b"{}"
+
+
+def random_artifact(
+    subject: Manifest | Descriptor | None,
+    *,
+    artifact_type: str | None = "application/vnd.example.sbom+json",
+    config_media_type: str = EMPTY_MEDIA_TYPE,
+    payload_size: int = 256,
+    seed: int | None = None,
+    annotations: Mapping[str, str] | None = None,
+) -> RandomImage:
+    """An OCI 1.1 artifact (a signature, an SBOM) that refers to ``subject``.
+
+    An image manifest with ``artifactType``, the empty config and one random
+    blob, as ``oras`` and ``regctl artifact put`` push them. With
+    ``artifact_type=None`` the type is carried by ``config_media_type``
+    instead, as older tools (cosign) do. ``subject`` may be ``None`` for an
+    artifact that refers to nothing.
+    """
+    rng = random.Random(seed)
+    payload = _randbytes(rng, payload_size)
+    config = (
+        EMPTY_CONTENT
+        if config_media_type == EMPTY_MEDIA_TYPE
+        else b'{"seed":%d}' % (rng.getrandbits(32))
+    )
+    doc: dict[str, object] = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {
+            "mediaType": config_media_type,
+            "digest": str(Digest.from_bytes(config)),
+            "size": len(config),
+        },
+        "layers": [
+            {
+                "mediaType": "application/octet-stream",
+                "digest": str(Digest.from_bytes(payload)),
+                "size": len(payload),
+            }
+        ],
+    }
+    if artifact_type is not None:
+        doc["artifactType"] = artifact_type
+    if subject is not None:
+        pointer = subject.descriptor() if isinstance(subject, Manifest) else subject
+        doc["subject"] = Descriptor(pointer.media_type, pointer.digest, pointer.size).to_dict()
+    if annotations:
+        doc["annotations"] = dict(annotations)
+    data = json.dumps(doc, indent=2).encode()
+    return RandomImage(Manifest.parse(data, OCI_MANIFEST), config, (payload,))
 
 
 def random_index(

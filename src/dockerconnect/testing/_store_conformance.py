@@ -24,10 +24,9 @@ marked ``anyio``: it runs on each backend the ``anyio_backend`` fixture names.
 
 from __future__ import annotations
 
-import inspect
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any, ClassVar, TypeVar
+from collections.abc import AsyncIterator, Iterable
+from typing import ClassVar
 
 import anyio
 import anyio.abc
@@ -37,7 +36,12 @@ import pytest
 from dockerconnect._descriptor import Descriptor
 from dockerconnect._digest import Digest
 from dockerconnect._manifest import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_MANIFEST, Manifest
-from dockerconnect._protocols import BLOB_MEDIA_TYPE, BlobStore, ManifestStore, TagRecord
+from dockerconnect._protocols import (
+    BLOB_MEDIA_TYPE,
+    BlobStore,
+    ManifestStore,
+    TagRecord,
+)
 from dockerconnect._stream import CHUNK_SIZE, BlobStream
 from dockerconnect.errors import (
     BlobUploadInvalid,
@@ -49,66 +53,33 @@ from dockerconnect.errors import (
     TagInvalid,
     Unsupported,
 )
+from dockerconnect.testing._capability_conformance import (
+    BlobUsageLogTests,
+    ManifestUsageLogTests,
+    ReferrersIndexTests,
+)
 from dockerconnect.testing._images import random_blob, random_image, random_index
+from dockerconnect.testing._suite_support import (
+    INVALID_DIGESTS,
+    INVALID_NAMES,
+    INVALID_TAGS,
+    BlobStoreFactory,
+    ManifestStoreFactory,
+    make_store,
+    put_blob,
+    untyped,
+)
 
 __all__ = [
+    "INVALID_DIGESTS",
+    "INVALID_NAMES",
+    "INVALID_TAGS",
     "BlobStoreConformance",
     "BlobStoreFactory",
     "ManifestStoreConformance",
     "ManifestStoreFactory",
+    "make_store",
 ]
-
-S = TypeVar("S")
-
-#: What a ``blob_store_factory`` fixture returns.
-BlobStoreFactory = Callable[[], BlobStore | Awaitable[BlobStore]]
-#: What a ``manifest_store_factory`` fixture returns.
-ManifestStoreFactory = Callable[[], ManifestStore | Awaitable[ManifestStore]]
-
-#: Digests that break the OCI grammar, including path traversal attempts.
-INVALID_DIGESTS = (
-    "",
-    "sha256",
-    "sha256:",
-    ":" + "0" * 64,
-    "sha256:" + "0" * 63,
-    "sha256:" + "A" * 64,
-    "SHA256:" + "0" * 64,
-    "sha256:../../../etc/passwd",
-    "sha256:abc/def",
-    "../" + "0" * 64,
-    "/etc/passwd",
-    "sha256:" + "0" * 64 + "\n",
-)
-#: Repository names that break the distribution-spec grammar or try to escape.
-INVALID_NAMES = (
-    "",
-    ".",
-    "..",
-    "../x",
-    "a/../../b",
-    "a/./b",
-    "/abs",
-    "a//b",
-    "a/",
-    "Upper",
-    "a b",
-    "a\x00b",
-    "a\\b",
-    "_manifests",
-    "a/_tags",
-    "x" * 256,
-)
-#: Tags that break ``[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`` or try to escape.
-INVALID_TAGS = ("", ".", "..", "../x", "a/b", "/abs", "-x", ".x", "a b", "a:b", "a\\b", "x" * 129)
-
-
-async def make_store(factory: Callable[[], S | Awaitable[S]]) -> S:
-    """Call a store factory, awaiting its result when it is awaitable."""
-    made = factory()
-    if inspect.isawaitable(made):
-        return await made
-    return made
 
 
 async def _read(stream: BlobStream) -> tuple[bytes, list[int]]:
@@ -141,13 +112,7 @@ class _Boom(Exception):
     """An error raised inside an ``ingest`` block by the test itself."""
 
 
-def _bad(value: str) -> Any:
-    # The suite passes invalid values where the protocol wants a Digest: a
-    # store must refuse them rather than trust its caller's type checker.
-    return value
-
-
-class BlobStoreConformance:
+class BlobStoreConformance(BlobUsageLogTests):
     """The contract of :class:`~dockerconnect.BlobStore`, as tests.
 
     Override the ``blob_store_factory`` fixture (see the module docs); set
@@ -179,11 +144,7 @@ class BlobStoreConformance:
 
     @staticmethod
     async def _put(store: BlobStore, data: bytes, *, piece: int = CHUNK_SIZE) -> Descriptor:
-        digest = Digest.from_bytes(data)
-        async with store.ingest(digest, len(data)) as writer:
-            for start in range(0, len(data), piece):
-                await writer.write(data[start : start + piece])
-            return await writer.commit()
+        return await put_blob(store, data, piece=piece)
 
     # --- absent ---------------------------------------------------------------
 
@@ -483,13 +444,13 @@ class BlobStoreConformance:
     @pytest.mark.parametrize("bad", INVALID_DIGESTS)
     async def test_invalid_digest(self, blob_store: BlobStore, bad: str) -> None:
         with pytest.raises(DigestInvalid):
-            await blob_store.stat(_bad(bad))
+            await blob_store.stat(untyped(bad))
         with pytest.raises(DigestInvalid):
-            await blob_store.open(_bad(bad))
+            await blob_store.open(untyped(bad))
         with pytest.raises(DigestInvalid):
-            await blob_store.delete(_bad(bad))
+            await blob_store.delete(untyped(bad))
         with pytest.raises(DigestInvalid):
-            await _commit(blob_store, _bad(bad), b"x", None)
+            await _commit(blob_store, untyped(bad), b"x", None)
 
     @pytest.mark.anyio
     async def test_unverifiable_algorithm(self, blob_store: BlobStore) -> None:
@@ -545,7 +506,7 @@ def _odd_manifest() -> Manifest:
     return Manifest.parse(data, OCI_MANIFEST)
 
 
-class ManifestStoreConformance:
+class ManifestStoreConformance(ReferrersIndexTests, ManifestUsageLogTests):
     """The contract of :class:`~dockerconnect.ManifestStore`, as tests.
 
     Override the ``manifest_store_factory`` fixture (see the module docs);
@@ -746,9 +707,9 @@ class ManifestStoreConformance:
     @pytest.mark.parametrize("bad", INVALID_DIGESTS)
     async def test_invalid_digest(self, manifest_store: ManifestStore, bad: str) -> None:
         with pytest.raises(DigestInvalid):
-            await manifest_store.get_manifest("app", _bad(bad))
+            await manifest_store.get_manifest("app", untyped(bad))
         with pytest.raises(DigestInvalid):
-            await manifest_store.delete_manifest("app", _bad(bad))
+            await manifest_store.delete_manifest("app", untyped(bad))
         assert await manifest_store.repositories() == []
 
     # --- persistence -------------------------------------------------------------------------

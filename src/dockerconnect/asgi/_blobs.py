@@ -137,13 +137,16 @@ async def _send(
             return
         await response.start(status, headers)
         remaining = length
-        async for chunk in stream:
-            if len(chunk) >= remaining:
-                await response.body(chunk[:remaining])
-                remaining = 0
-                break
-            remaining -= len(chunk)
-            await response.body(chunk, more=True)
+        if remaining == 0:
+            await response.body(b"")  # an empty blob (or range) still ends its response
+        else:
+            async for chunk in stream:
+                if len(chunk) >= remaining:
+                    await response.body(chunk[:remaining])
+                    remaining = 0
+                    break
+                remaining -= len(chunk)
+                await response.body(chunk, more=True)
         if remaining:
             # The source ended early without raising: abort rather than
             # end a response shorter than its Content-Length.

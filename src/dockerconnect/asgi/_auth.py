@@ -206,6 +206,10 @@ class HtpasswdAuthenticator:
             user, sep, password = b64decode(value.strip(), validate=True).decode().partition(":")
         except (ValueError, UnicodeDecodeError):
             raise AuthenticationRequired("malformed Basic credentials") from None
+        if not user and not password:
+            # containers/image (skopeo, podman) answers a Basic challenge
+            # without credentials with "Basic Og==" (":"): that is anonymous.
+            return None
         hashed = self.users.get(user)
         if (
             not sep
@@ -233,10 +237,23 @@ def _bcrypt_check(password: bytes, hashed: bytes) -> bool:
 # -- bearer tokens ---------------------------------------------------------------
 
 
+def _public_key(path: Path) -> Any:
+    """A PEM public key, or the key of a PEM certificate (a token server's
+    ``rootcertbundle`` works as it is)."""
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+    from cryptography.x509 import load_pem_x509_certificate
+
+    data = path.read_bytes()
+    if b"BEGIN CERTIFICATE" in data:
+        return load_pem_x509_certificate(data).public_key()
+    return load_pem_public_key(data)
+
+
 class TokenAuthenticator:
     """Bearer JWTs per the distribution token authentication spec.
 
-    ``public_key`` is a PEM file (RSA, EC or Ed25519) or ``jwks`` a JWKS JSON
+    ``public_key`` is a PEM file (an RSA, EC or Ed25519 public key, or a
+    certificate holding one) or ``jwks`` a JWKS JSON
     file (the key is picked by the token's ``kid``). ``issuer`` and
     ``service`` must match the token's ``iss`` and ``aud``.
     """
@@ -264,9 +281,7 @@ class TokenAuthenticator:
         self._key: Any = None
         self._jwks: Any = None
         if public_key is not None:
-            from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
-            self._key = load_pem_public_key(Path(public_key).read_bytes())
+            self._key = _public_key(Path(public_key))
         else:
             assert jwks is not None
             self._jwks = jwt.PyJWKSet.from_dict(json.loads(Path(jwks).read_text()))

@@ -730,6 +730,10 @@ def main(args: argparse.Namespace) -> int:
             d.mkdir()
         images = asyncio.run(fill_store(store, scratch, params["big"], params["small"]))
         for server in SERVERS:
+            if args.only and args.only not in server.name:
+                row = {"server": server.name, "skipped": f"not selected (--only {args.only})"}
+                results["servers"].append({**row, "notes": server.notes})
+                continue
             missing = server.missing()
             if missing:
                 note = f"not installed ({', '.join(missing)}): pip install {' '.join(missing)}"
@@ -775,4 +779,5 @@ if __name__ == "__main__":
     parser.add_argument(
         "--baseline", metavar="FILE", help="an older server module to measure side by side"
     )
+    parser.add_argument("--only", metavar="TEXT", help="measure only servers whose name has TEXT")
     sys.exit(main(parser.parse_args()))

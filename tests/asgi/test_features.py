@@ -269,3 +269,15 @@ async def test_mounted_inside_starlette(tmp_path: Path) -> None:
             assert r.status_code == 200 and r.content == image.manifest.data
             assert r.headers["docker-distribution-api-version"] == "registry/2.0"
             oci_error(await client.get("/v2/app/manifests/nope"), 404, "MANIFEST_UNKNOWN")
+
+
+async def test_a_failed_request_is_counted_under_its_route(tmp_path: Path) -> None:
+    async with serve(tmp_path) as env:
+        digest = Digest.from_bytes(b"nowhere")
+        assert (await env.client.head(f"/v2/app/blobs/{digest}")).status_code == 404
+        assert (await env.client.get("/v2/app/nothing/here")).status_code == 404
+        text = (await env.client.get("/metrics")).text
+        assert (
+            'dockerconnect_http_requests_total{method="HEAD",route="blob",status="404"} 1.0' in text
+        )
+        assert 'dockerconnect_http_requests_total{method="GET",route="v2",status="404"} 1.0' in text

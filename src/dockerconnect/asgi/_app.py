@@ -133,9 +133,8 @@ class RegistryApp:
         started = time.monotonic()
         request = Request(scope, receive)
         response = Response(send, head=request.method == "HEAD")
-        name = "unknown"
         try:
-            name = await self._dispatch(request, response)
+            await self._dispatch(request, response)
         except ClientGone:
             log.info("client went away during %s %s", request.method, request.path)
         except Failed as failed:
@@ -153,9 +152,9 @@ class RegistryApp:
                 request, response, DockerConnectError("internal server error"), []
             )
         finally:
-            seconds = _ops.access_log(request, response, name, started)
+            seconds = _ops.access_log(request, response, request.route, started)
             self.metrics.observe(
-                request.method, name, response.status, seconds, response.sent_bytes
+                request.method, request.route, response.status, seconds, response.sent_bytes
             )
 
     async def _answer_error(
@@ -171,12 +170,14 @@ class RegistryApp:
             log.warning("%s %s: %s", request.method, request.path, error)
         await response.error(status, entry, headers)
 
-    async def _dispatch(self, request: Request, response: Response) -> str:
-        """Serve one request; the name of the route it took (for metrics)."""
+    async def _dispatch(self, request: Request, response: Response) -> None:
+        """Serve one request, naming its route on ``request.route`` first."""
         path = request.path
         ctx = self.context
         if path == "/v2" or path.startswith("/v2/"):
+            request.route = "v2"  # until the path is known to name an endpoint
             where = route(path)
+            request.route = where.endpoint
             await self._check_access(request, where)
             if where.endpoint == "base":
                 if request.method not in _READ:
@@ -196,21 +197,20 @@ class RegistryApp:
                 await _blob_uploads.upload(ctx, request, response, where.repository, where.argument)
             else:
                 await _referrers.referrers(ctx, request, response, where.repository, where.argument)
-            return where.endpoint
-        if path == "/healthz":
-            await _ops.healthz(request, response)
-            return "healthz"
-        if path == "/readyz":
-            await _ops.readyz(ctx, request, response)
-            return "readyz"
-        if path == "/metrics":
-            await _ops.metrics(self.metrics, request, response)
-            return "metrics"
-        if self.admin and path.startswith("/_dockerconnect/"):
+        elif path in ("/healthz", "/readyz", "/metrics"):
+            request.route = path[1:]
+            if path == "/healthz":
+                await _ops.healthz(request, response)
+            elif path == "/readyz":
+                await _ops.readyz(ctx, request, response)
+            else:
+                await _ops.metrics(self.metrics, request, response)
+        elif self.admin and path.startswith("/_dockerconnect/"):
+            request.route = "admin"
             await self._authorize(request, "*", "admin")
             await _admin.admin(ctx, request, response, path[len("/_dockerconnect/") :])
-            return "admin"
-        raise RouteUnknown(f"no endpoint at {path}")
+        else:
+            raise RouteUnknown(f"no endpoint at {path}")
 
     # -- access control --------------------------------------------------------------
 

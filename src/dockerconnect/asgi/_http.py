@@ -63,6 +63,8 @@ class Request:
         self._body_done = False
         #: Who made the request, once an authenticator said so.
         self.identity: Any = None
+        #: The route it took, once known (for the access log and metrics).
+        self.route = "unknown"
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive), or None."""

@@ -333,3 +333,15 @@ async def test_an_unreachable_connector_is_logged_loudly_at_start(
     assert re.match(
         rf"UPSTREAM UNREACHABLE: connector '127.0.0.1:{port}' did not answer", record.getMessage()
     )
+
+
+def test_tls_flags(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("")
+    key.write_text("")
+    config = parse_serve(["--tls-cert", str(cert), "--tls-key", str(key)])
+    assert (config.tls_cert, config.tls_key) == (cert, key)
+    with pytest.raises(ConfigError, match=r"^--tls-cert/--tls-key: TLS needs both"):
+        parse_serve(["--tls-cert", str(cert)])
+    with pytest.raises(ConfigError, match=r"^--tls-key: no such file"):
+        parse_serve(["--tls-cert", str(cert), "--tls-key", str(tmp_path / "nope.pem")])

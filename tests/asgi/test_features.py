@@ -281,3 +281,33 @@ async def test_a_failed_request_is_counted_under_its_route(tmp_path: Path) -> No
             'dockerconnect_http_requests_total{method="HEAD",route="blob",status="404"} 1.0' in text
         )
         assert 'dockerconnect_http_requests_total{method="GET",route="v2",status="404"} 1.0' in text
+
+
+def test_the_public_names_of_dockerconnect_asgi() -> None:
+    import dockerconnect.asgi
+
+    assert sorted(dockerconnect.asgi.__all__) == [
+        "AccessDenied",
+        "Action",
+        "AuthenticationRequired",
+        "Authenticator",
+        "Authorizer",
+        "CHUNK_SIZE",
+        "HtpasswdAuthenticator",
+        "Identity",
+        "MAX_MANIFEST_SIZE",
+        "ManifestTooLarge",
+        "MethodNotAllowed",
+        "RegistryApp",
+        "RouteUnknown",
+        "Rule",
+        "RuleAuthorizer",
+        "TokenAuthenticator",
+        "TooManySessions",
+        "UPLOAD_TTL",
+        "UploadSessions",
+        "create_app",
+        "stats_metrics",
+    ]
+    for name in dockerconnect.asgi.__all__:
+        assert hasattr(dockerconnect.asgi, name)

@@ -68,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--workers", type=int, help="worker processes (default 1)")
     serve.add_argument("--log-level", help="critical, error, warning, info (default), debug")
+    serve.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate")
+    serve.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     return parser
 
 
@@ -89,6 +91,15 @@ def parse_serve(argv: Sequence[str], environ: Any = None) -> ServeConfig:
         config.log_level = log_level(args.log_level, "--log-level")
     if args.store is not None:
         config.store = Path(args.store)
+    for flag, value in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        if value is not None and not Path(value).is_file():
+            raise ConfigError(f"{flag}: no such file {value}")
+    if args.tls_cert is not None:
+        config.tls_cert = Path(args.tls_cert)
+    if args.tls_key is not None:
+        config.tls_key = Path(args.tls_key)
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise ConfigError("--tls-cert/--tls-key: TLS needs both a certificate and its key")
     for url in args.upstream:
         if "@" in url.split("://", 1)[-1].split("/", 1)[0]:
             raise ConfigError(
@@ -263,6 +274,7 @@ def build_app(config: ServeConfig) -> Any:
 def worker_app() -> Any:
     """The application factory each uvicorn worker process calls (``--workers``)."""
     config = parse_serve(json.loads(os.environ[_ARGV_ENV]))
+    _logging(config.log_level)  # a fresh process: configure its logging too
     return build_app(config)
 
 

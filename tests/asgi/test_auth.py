@@ -135,6 +135,10 @@ async def test_bearer_tokens_per_the_token_spec(tmp_path: Path) -> None:
             'Bearer realm="https://auth.test/token",service="registry.test",'
             'scope="repository:team/app:pull,push"'
         )
+        r = await env.client.get("/v2/")
+        assert r.headers["www-authenticate"] == (
+            'Bearer realm="https://auth.test/token",service="registry.test"'
+        )
         pull_only = _token(key, [{"type": "repository", "name": "team/app", "actions": ["pull"]}])
         assert (
             await env.client.get("/v2/team/app/manifests/v1", headers=pull_only)

@@ -333,8 +333,11 @@ class TokenAuthenticator:
         return Identity(subject if isinstance(subject, str) and subject else "", frozenset(grants))
 
     def challenge(self, repository: str, actions: Sequence[Action]) -> str:
+        base = f'Bearer realm="{self.realm}",service="{self.service}"'
+        if not repository:
+            return base  # /v2/ itself: no scope, as distribution answers
         if repository == "_catalog":
             scope = "registry:catalog:*"
         else:
             scope = f"repository:{repository}:{','.join(actions)}"
-        return f'Bearer realm="{self.realm}",service="{self.service}",scope="{scope}"'
+        return f'{base},scope="{scope}"'

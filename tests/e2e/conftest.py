@@ -78,6 +78,7 @@ class ExampleServer:
         server: str = "",
         env: dict[str, str] | None = None,
         scheme: str = "http",
+        factory: str | None = None,
     ) -> None:
         self.store = store
         self.upstreams = list(upstreams)
@@ -86,6 +87,8 @@ class ExampleServer:
         self.server = server
         self.env = dict(env or {})
         self.scheme = scheme
+        #: Run this ``module:function`` app factory under uvicorn instead.
+        self.factory = factory
         self.log_path = store.parent / f"{store.name}-server.log"
         self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
@@ -118,11 +121,22 @@ class ExampleServer:
         ]
         for url in self.upstreams:
             command += ["--upstream", url]
-        path = os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p)
+        if self.factory is not None:
+            command = [
+                *(sys.executable, "-m", "uvicorn", "--factory", self.factory),
+                *("--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"),
+            ]
+        parts = (str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH"))
+        path = os.pathsep.join(p for p in parts if p)
         env = {**os.environ, "PYTHONPATH": path, **self.env}
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=ROOT,
             )
         context = ssl._create_unverified_context() if self.scheme == "https" else None
         deadline = time.monotonic() + 30.0

@@ -191,3 +191,17 @@ async def test_bearer_tokens_checked_against_a_jwks_file(tmp_path: Path) -> None
             f"/v2/app/blobs/uploads/?digest={Digest.from_bytes(data)}", content=data, headers=token
         )
         assert r.status_code == 201, r.text
+
+
+async def test_administration_is_for_nobody_unless_a_rule_says(tmp_path: Path) -> None:
+    auth = HtpasswdAuthenticator(htpasswd(tmp_path, alice="s3cret", bob="hunter2"))
+    async with serve(tmp_path, authenticator=auth, admin=True) as env:
+        r = await env.client.get("/_dockerconnect/connectors", headers=basic("alice", "s3cret"))
+        oci_error(r, 403, "DENIED")
+        oci_error(await env.client.get("/_dockerconnect/connectors"), 401, "UNAUTHORIZED")
+    rules = RuleAuthorizer([Rule("*", admin=("alice",))])
+    async with serve(tmp_path, authenticator=auth, authorizer=rules, admin=True) as env:
+        r = await env.client.get("/_dockerconnect/connectors", headers=basic("alice", "s3cret"))
+        assert r.json() == {"connectors": ["hub"]}
+        r = await env.client.get("/_dockerconnect/connectors", headers=basic("bob", "hunter2"))
+        oci_error(r, 403, "DENIED")

@@ -17,7 +17,8 @@ authenticators ship:
   lists what it grants.
 
 :class:`RuleAuthorizer` applies per-repository :class:`Rule`\\ s (first match
-wins; the default allows anonymous pull and authenticated push and delete).
+wins; the default allows anonymous pull and authenticated push and delete,
+and administration to nobody).
 For a token, the token's grants must allow the action too. A refused
 anonymous request is 401 with the challenge (so the client logs in); a
 refused known client is 403 ``DENIED``.
@@ -115,7 +116,9 @@ class Rule:
     pull: Who = "anyone"
     push: Who = "authenticated"
     delete: Who = "authenticated"
-    admin: Who = "authenticated"
+    #: The ``/_dockerconnect/`` endpoints (checked against repository ``*``):
+    #: nobody unless a rule names who.
+    admin: Who = "nobody"
 
     def __attrs_post_init__(self) -> None:
         for action in ("pull", "push", "delete", "admin"):

@@ -146,7 +146,9 @@ async def test_bearer_tokens_per_the_token_spec(tmp_path: Path) -> None:
         # A token without the grant: 401 with the scope to ask for, not 403.
         r = await env.client.post("/v2/team/app/blobs/uploads/", headers=pull_only)
         oci_error(r, 401, "UNAUTHORIZED")
-        assert "scope=" in r.headers["www-authenticate"]
+        assert r.headers["www-authenticate"].endswith(
+            'scope="repository:team/app:pull,push",error="insufficient_scope"'
+        )
         both = _token(
             key, [{"type": "repository", "name": "team/app", "actions": ["pull", "push"]}]
         )

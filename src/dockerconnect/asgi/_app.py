@@ -253,11 +253,16 @@ class RegistryApp:
             return
         # Anonymous, or a token without this grant: say how to get one.
         if identity is None or identity.grants is not None:
-            raise self._challenge(
+            failed = self._challenge(
                 AuthenticationRequired(f"{action} access to {repository!r} needs credentials"),
                 repository,
                 actions,
             )
+            if identity is not None:
+                # The token auth spec's answer to a valid token that lacks the scope.
+                (name, value), *rest = failed.headers
+                failed.headers = [(name, value + b',error="insufficient_scope"'), *rest]
+            raise failed
         raise AccessDenied(f"{identity.name!r} may not {action} {repository!r}")
 
     def _challenge(

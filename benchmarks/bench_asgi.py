@@ -1,4 +1,4 @@
-"""Warm blob serving by ``examples/asgi_server.py`` under each ASGI server.
+"""Warm blob serving by ``dockerconnect serve``'s application under each ASGI server.
 
 Run from the repository root::
 
@@ -11,7 +11,7 @@ extension), and for the servers to be measured rather than assumed. This
 benchmark does that:
 
 1. One store (``FilesystemManifestStore`` + ``FilesystemBlobStore`` laid out
-   exactly as the example's ``build_resolver`` lays them out) is pre-filled
+   exactly as ``dockerconnect serve --store`` lays them out) is pre-filled
    through a ``Resolver`` with no connectors: a *big* image with one raw
    256 MiB layer of ``os.urandom`` bytes, and a *small* image with five
    1 MiB layers.
@@ -24,9 +24,9 @@ benchmark does that:
      ``scope["extensions"]``: whether the server offers
      ``http.response.pathsend``. The registry app uses it for every whole,
      local blob when it does, so "offered" is "used" here.
-   - The example's app, built as the example's ``main()`` builds it
-     (:func:`registry_app`: ``build_resolver`` + ``create_app(...,
-     blob_path=blobs.blob_path)``, the store opened by the ASGI lifespan).
+   - The server's app, built as ``dockerconnect serve --store DIR`` builds
+     it (:func:`registry_app`: ``dockerconnect._cli.build_app``, the store
+     opened by the ASGI lifespan).
      After one untimed warm-up pull of everything:
 
      * **big**: sequential ``GET`` of the 256 MiB blob on one keep-alive
@@ -41,6 +41,12 @@ benchmark does that:
    server's whole process tree, per GiB served in each phase and in total
    over its life), and peak RSS (``VmHWM``, summed over the tree: granian
    and hypercorn serve from a worker process under a supervisor).
+
+With ``--baseline FILE`` (an older server module with ``build_resolver`` and
+``create_app``, such as the ``examples/asgi_server.py`` that preceded
+``dockerconnect.asgi``), the first installed server also serves that
+module's app, measured the same way, and the report puts the two side by
+side.
 
 Results go to ``benchmarks/results/asgi.json`` and ``asgi.md`` (``--quick``:
 a temporary directory unless ``--output`` is given).
@@ -78,12 +84,12 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-EXAMPLE = ROOT / "examples" / "asgi_server.py"
 sys.path.insert(0, str(ROOT / "src"))
 
 MiB = 1024 * 1024
 REGISTRY_NAME = "local"
 STORE_ENV = "BENCH_ASGI_STORE"
+BASELINE_ENV = "BENCH_ASGI_BASELINE"
 PATHSEND = "http.response.pathsend"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -95,12 +101,12 @@ STOP_TIMEOUT = 10.0
 # -- what the servers import ---------------------------------------------------------
 
 
-def load_example() -> ModuleType:
-    """``examples/asgi_server.py`` as a module, imported by path."""
-    name = "dockerconnect_example_asgi_server"
+def load_module(path: Path) -> ModuleType:
+    """A server module imported by path (``--baseline``)."""
+    name = "bench_asgi_baseline_server"
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, EXAMPLE)
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -109,15 +115,27 @@ def load_example() -> ModuleType:
     return module
 
 
+def _serve_args(store: Path) -> list[str]:
+    return ["--store", str(store), "--log-level", "warning"]
+
+
 def registry_app() -> Any:
-    """The example's app over the store in ``$BENCH_ASGI_STORE``, built as its ``main()`` does.
+    """The app ``dockerconnect serve --store $BENCH_ASGI_STORE`` runs.
 
     The ``Resolver`` is opened and closed by the ASGI lifespan.
     """
-    example = load_example()
+    from dockerconnect._cli import build_app, parse_serve
+
     store = Path(os.environ[STORE_ENV]).resolve()
-    resolver = example.build_resolver(store, [], name=REGISTRY_NAME)
-    return example.create_app(
+    return build_app(parse_serve(_serve_args(store)))
+
+
+def baseline_app() -> Any:
+    """The ``--baseline`` module's app over the same store, built as its ``main()`` did."""
+    module = load_module(Path(os.environ[BASELINE_ENV]))
+    store = Path(os.environ[STORE_ENV]).resolve()
+    resolver = module.build_resolver(store, [], name=REGISTRY_NAME)
+    return module.create_app(
         resolver, upload_dir=store / "uploads", blob_path=resolver.blobs.blob_path
     )
 
@@ -221,8 +239,9 @@ async def _push_image(
 
 async def fill_store(store: Path, scratch: Path, big: int, small: int) -> dict[str, Image]:
     """Push the big and small images through a connector-less Resolver over ``store``."""
-    example = load_example()
-    async with example.build_resolver(store, [], name=REGISTRY_NAME) as registry:
+    from dockerconnect._cli import build_resolver, parse_serve
+
+    async with build_resolver(parse_serve(_serve_args(store))) as registry:
         return {
             "big": await _push_image(registry, scratch, "bench/big", "v1", [big]),
             "small": await _push_image(registry, scratch, "bench/small", "v1", [small] * 5),
@@ -369,12 +388,15 @@ def tree_peak_rss(root: int) -> int:
 class Running:
     """One server subprocess in its own session; ``stop()`` ends it and its workers."""
 
-    def __init__(self, server: Server, factory: str, store: Path, logs: Path) -> None:
+    def __init__(
+        self, server: Server, factory: str, store: Path, logs: Path, baseline: str = ""
+    ) -> None:
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {
             **os.environ,
             STORE_ENV: str(store),
+            BASELINE_ENV: baseline,
             "PYTHONPATH": os.pathsep.join(
                 p for p in (str(HERE), str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p
             ),
@@ -535,14 +557,20 @@ def probe(server: Server, store: Path, logs: Path) -> list[str]:
 
 
 def measure(
-    server: Server, store: Path, logs: Path, images: dict[str, Image], params: dict[str, Any]
+    server: Server,
+    store: Path,
+    logs: Path,
+    images: dict[str, Image],
+    params: dict[str, Any],
+    baseline: str = "",
 ) -> dict[str, Any]:
     row: dict[str, Any] = {"server": server.name, "version": server.version()}
     row["notes"] = server.notes
     row["extensions"] = probe(server, store, logs)
     row["pathsend"] = PATHSEND in row["extensions"]
     big, small = images["big"], images["small"]
-    running = Running(server, "registry_app", store, logs)
+    factory = "baseline_app" if baseline else "registry_app"
+    running = Running(server, factory, store, logs, baseline)
     try:
         running.wait_ready("/v2/")
         pid = running.proc.pid
@@ -608,7 +636,7 @@ def measure(
 def markdown(results: dict[str, Any]) -> str:
     sizes = results["sizes"]
     out = [
-        "# Warm blob serving: examples/asgi_server.py under each ASGI server",
+        "# Warm blob serving: dockerconnect serve's application under each ASGI server",
         "",
         f"Python {results['machine']['python']}, {results['machine']['cpus']} CPUs; "
         f"client (httpx {results['machine']['httpx']}, sha256 of every body) "
@@ -640,6 +668,25 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {row['server_cpu_s']:.1f} | {row['peak_rss_mib']:.0f} "
             f"| {'yes' if row['verified'] else 'NO'} |"
         )
+    for row in results.get("baseline", []):
+        new = next(r for r in results["servers"] if r["server"] == row["server"])
+        out += [
+            "",
+            f"Side by side under {row['server']}: this server against the baseline "
+            f"`{row['baseline']}`.",
+            "",
+            "| app | big MiB/s | big CPU s/GiB | small req/s | small MiB/s | peak RSS MiB |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for label, r in (("dockerconnect serve", new), ("baseline", row)):
+            if "big" not in r:
+                out.append(f"| {label} | failed | | | | |")
+                continue
+            b, s = r["big"], r["small"]
+            out.append(
+                f"| {label} | {b['mib_s']:,.0f} | {b['server_cpu_s_per_gib']:.2f} "
+                f"| {s['requests_s']:,.0f} | {s['mib_s']:,.0f} | {r['peak_rss_mib']:.0f} |"
+            )
     out += ["", "Server command lines:", ""]
     out += [f"- {row['server']}: {row['notes']}" for row in results["servers"]]
     if notes:
@@ -683,6 +730,10 @@ def main(args: argparse.Namespace) -> int:
             d.mkdir()
         images = asyncio.run(fill_store(store, scratch, params["big"], params["small"]))
         for server in SERVERS:
+            if args.only and args.only not in server.name:
+                row = {"server": server.name, "skipped": f"not selected (--only {args.only})"}
+                results["servers"].append({**row, "notes": server.notes})
+                continue
             missing = server.missing()
             if missing:
                 note = f"not installed ({', '.join(missing)}): pip install {' '.join(missing)}"
@@ -699,6 +750,19 @@ def main(args: argparse.Namespace) -> int:
                 row = {"server": server.name, "error": repr(exc), "verified": False}
                 row["notes"] = server.notes
             results["servers"].append(row)
+        measured = [r for r in results["servers"] if "big" in r]
+        if args.baseline and measured:
+            server = next(s for s in SERVERS if s.name == measured[0]["server"])
+            print(f"-- {server.name}, baseline {args.baseline}", flush=True)
+            baseline = str(Path(args.baseline).resolve())
+            try:
+                row = measure(server, store, logs, images, params, baseline)
+            except Exception as exc:
+                failed = True
+                print(f"   FAILED: {exc!r}", file=sys.stderr, flush=True)
+                row = {"server": server.name, "error": repr(exc), "verified": False}
+            row["baseline"] = args.baseline
+            results["baseline"] = [row]
     text = markdown(results)
     print(text)
     (out_dir / "asgi.json").write_text(json.dumps(results, indent=2))
@@ -712,4 +776,8 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one run (CI)")
     parser.add_argument("--output", help="directory for results")
     parser.add_argument("--tmp", help="scratch directory (default: system temp)")
+    parser.add_argument(
+        "--baseline", metavar="FILE", help="an older server module to measure side by side"
+    )
+    parser.add_argument("--only", metavar="TEXT", help="measure only servers whose name has TEXT")
     sys.exit(main(parser.parse_args()))

@@ -15,7 +15,7 @@ root; otherwise the script says what to install).
   with its access log on; every request it serves is counted from that log.
 - *distribution*: a second ``docker-registry`` with ``proxy.remoteurl`` set to
   the upstream (a pull-through cache), empty filesystem storage.
-- *dockerconnect*: ``examples/asgi_server.py`` (uvicorn, a ``Resolver`` over
+- *dockerconnect*: ``dockerconnect serve`` (uvicorn, a ``Resolver`` over
   empty filesystem stores, one ``HttpConnector`` to the upstream, default
   policy: caching on, tag TTL 300 s, no eager caching).
 - *direct*: the upstream itself, the limit a proxy can approach.
@@ -137,7 +137,8 @@ PHASES = (
     "skopeo_cold",
 )
 PROXIES = ("distribution", "dockerconnect")
-ASGI_SERVER = ROOT / "examples" / "asgi_server.py"
+#: The server under test: ``dockerconnect serve`` (``python -m dockerconnect``).
+SERVE = [sys.executable, "-m", "dockerconnect", "serve"]
 TAG = "v1"
 
 
@@ -319,7 +320,7 @@ def _free_port() -> int:
 
 
 class AsgiServer:
-    """``examples/asgi_server.py`` in a subprocess, in front of ``upstream``."""
+    """``dockerconnect serve`` in a subprocess, in front of ``upstream``."""
 
     def __init__(self, root: Path, upstream: str, *, startup_timeout: float = 60.0) -> None:
         self.root = root
@@ -338,11 +339,14 @@ class AsgiServer:
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        config = self.root / "serve.toml"
+        config.write_text('[server]\nname = "bench"\n')
         for _ in range(3):
             self.port = _free_port()
             command = [
-                sys.executable,
-                str(ASGI_SERVER),
+                *SERVE,
+                "--config",
+                str(config),
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -351,14 +355,22 @@ class AsgiServer:
                 str(self.root / "store"),
                 "--upstream",
                 self.upstream,
-                "--name",
-                "bench",
                 "--log-level",
                 "warning",
             ]
+            env = {
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join(
+                    p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p
+                ),
+            }
             with self.log_path.open("ab") as log:
                 self.process = subprocess.Popen(
-                    command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                    command,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
                 )
             if self._wait_ready():
                 return
@@ -366,7 +378,7 @@ class AsgiServer:
             if "address already in use" not in self.log_path.read_text(errors="replace"):
                 break
         raise RuntimeError(
-            f"examples/asgi_server.py did not come up:\n"
+            f"dockerconnect serve did not come up:\n"
             f"{self.log_path.read_text(errors='replace')[-4000:]}"
         )
 

@@ -5,10 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Real components for the end-to-end tests: CNCF distribution and skopeo.
+# Real components for the end-to-end tests: CNCF distribution, skopeo and
+# podman (logging in to and pushing through dockerconnect serve).
 missing=()
 command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
+command -v podman >/dev/null 2>&1 || missing+=(podman)
 if ((${#missing[@]})); then
     echo "installing Debian packages: ${missing[*]}"
     SUDO=""

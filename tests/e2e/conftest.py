@@ -1,8 +1,8 @@
-"""Real software on 127.0.0.1: docker-registry upstream, the example server, skopeo.
+"""Real software on 127.0.0.1: docker-registry upstream, dockerconnect serve, skopeo.
 
 Each test gets its own upstream (Debian's ``docker-registry``, through
-:class:`dockerconnect.testing.DistributionRegistry`) and its own example
-server (``examples/asgi_server.py`` as a subprocess in front of it), so tests
+:class:`dockerconnect.testing.DistributionRegistry`) and its own server
+(``python -m dockerconnect serve`` as a subprocess in front of it), so tests
 that stop the upstream or remove a connector disturb nobody. Without
 ``docker-registry`` or ``skopeo`` the tests are skipped with the reason, and
 fail instead when ``CI=true``: CI must run them.
@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -28,7 +29,7 @@ import pytest
 from dockerconnect.testing import DistributionRegistry
 from dockerconnect.testing._distribution import stop_process
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "asgi_server.py"
+ROOT = Path(__file__).resolve().parents[2]
 SKOPEO_TIMEOUT = 90.0
 
 
@@ -59,16 +60,35 @@ def _free_port() -> int:
 
 
 class ExampleServer:
-    """``examples/asgi_server.py`` running as a subprocess on 127.0.0.1.
+    """``python -m dockerconnect serve`` running as a subprocess on 127.0.0.1.
 
-    Started with ``--admin`` so tests can call ``check()`` and remove
-    connectors; its output goes to :attr:`log_path`.
+    Started with ``admin = true`` so tests can call ``check()`` and remove
+    connectors; ``config`` is more TOML for its file (``[auth]``, say) and
+    ``server`` more lines of its ``[server]`` section; its
+    output goes to :attr:`log_path`.
     """
 
-    def __init__(self, store: Path, upstreams: Sequence[str], *, tag_ttl: float = 300.0) -> None:
+    def __init__(
+        self,
+        store: Path,
+        upstreams: Sequence[str],
+        *,
+        tag_ttl: float = 300.0,
+        config: str = "",
+        server: str = "",
+        env: dict[str, str] | None = None,
+        scheme: str = "http",
+        factory: str | None = None,
+    ) -> None:
         self.store = store
         self.upstreams = list(upstreams)
         self.tag_ttl = tag_ttl
+        self.config = config
+        self.server = server
+        self.env = dict(env or {})
+        self.scheme = scheme
+        #: Run this ``module:function`` app factory under uvicorn instead.
+        self.factory = factory
         self.log_path = store.parent / f"{store.name}-server.log"
         self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
@@ -79,7 +99,7 @@ class ExampleServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.address}"
+        return f"{self.scheme}://{self.address}"
 
     def log_text(self) -> str:
         try:
@@ -89,40 +109,51 @@ class ExampleServer:
 
     def start(self) -> None:
         self.port = _free_port()
+        config = self.store.parent / f"{self.store.name}-serve.toml"
+        config.write_text(
+            f"[server]\nadmin = true\n{self.server}\n"
+            f"[policy]\ntag_ttl = {self.tag_ttl}\n{self.config}\n"
+        )
         command = [
-            sys.executable,
-            str(EXAMPLE),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--store",
-            str(self.store),
-            "--tag-ttl",
-            str(self.tag_ttl),
-            "--admin",
-            "--log-level",
-            "warning",
+            *(sys.executable, "-m", "dockerconnect", "serve", "--config", str(config)),
+            *("--host", "127.0.0.1", "--port", str(self.port), "--store", str(self.store)),
+            *("--log-level", "warning"),
         ]
         for url in self.upstreams:
             command += ["--upstream", url]
+        if self.factory is not None:
+            command = [
+                *(sys.executable, "-m", "uvicorn", "--factory", self.factory),
+                *("--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"),
+            ]
+        parts = (str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH"))
+        path = os.pathsep.join(p for p in parts if p)
+        env = {**os.environ, "PYTHONPATH": path, **self.env}
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=ROOT,
             )
+        context = ssl._create_unverified_context() if self.scheme == "https" else None
         deadline = time.monotonic() + 30.0
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError(f"the example server exited:\n{self.log_text()[-4000:]}")
+                raise RuntimeError(f"the server exited:\n{self.log_text()[-4000:]}")
             try:
-                with urllib.request.urlopen(f"{self.url}/v2/", timeout=2) as response:
+                with urllib.request.urlopen(
+                    f"{self.url}/healthz", timeout=2, context=context
+                ) as response:
                     if response.status == 200:
                         return
             except OSError:
                 pass
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"the example server did not come up:\n{self.log_text()[-4000:]}")
+        raise RuntimeError(f"the server did not come up:\n{self.log_text()[-4000:]}")
 
     def stop(self) -> None:
         process, self._process = self._process, None
@@ -156,11 +187,11 @@ def upstream(tmp_path: Path) -> Iterator[DistributionRegistry]:
 
 @pytest.fixture
 def make_server(tmp_path: Path) -> Iterator[Any]:
-    """Start example servers: ``make_server(upstream_urls, tag_ttl=...)``."""
+    """Start servers: ``make_server(upstream_urls, tag_ttl=..., config=..., env=...)``."""
     servers: list[ExampleServer] = []
 
-    def make(upstreams: Sequence[str], *, tag_ttl: float = 300.0) -> ExampleServer:
-        server = ExampleServer(tmp_path / f"store{len(servers)}", upstreams, tag_ttl=tag_ttl)
+    def make(upstreams: Sequence[str], **options: Any) -> ExampleServer:
+        server = ExampleServer(tmp_path / f"store{len(servers)}", upstreams, **options)
         servers.append(server)
         server.start()
         return server

@@ -1,7 +1,7 @@
-"""skopeo pulls and pushes through the example server in front of docker-registry.
+"""skopeo pulls and pushes through ``dockerconnect serve`` in front of docker-registry.
 
 All real software on 127.0.0.1: the upstream is Debian's ``docker-registry``,
-the server is ``examples/asgi_server.py`` (a Resolver with one HttpConnector
+the server is ``python -m dockerconnect serve`` (a Resolver with one HttpConnector
 to the upstream, caching on), and the client is ``skopeo``.
 """
 

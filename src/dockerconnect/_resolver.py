@@ -734,6 +734,7 @@ class Resolver:
                 if stream is None:
                     self._remember_miss(connector, "blob", repository, str(digest))
                     continue
+                stream.defer_verification()  # _transfer hashes every byte itself
                 self.stats.hits[connector.name] += 1
                 try:
                     await self._transfer(repository, flight, connector, stream, pin)

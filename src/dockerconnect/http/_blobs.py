@@ -396,6 +396,7 @@ class _BlobBody:
             error = self._blobs.failures.error(
                 f"transfer broke at byte {position} of {size} "
                 f"after {resumes} resume(s)" + (f": {failure.message}" if failure else ""),
+                cls=UpstreamTimeout if isinstance(failure, UpstreamTimeout) else UpstreamError,
                 **_where(self._target),
             )
             # The httpx exception, if any, stays reachable as the cause.

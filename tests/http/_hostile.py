@@ -8,7 +8,7 @@ its URL). Each connection serves one request and is closed. Behaviours:
 - ``trickle_body``: headers at once, then the body ``step`` bytes per
   ``interval``;
 - ``pages``: a tag listing whose every page holds ``page_bytes`` of names
-  and links to a fresh next page, without end;
+  and links to a fresh next page, without end (or until ``last_page``);
 - ``gzip_blob``: a blob served with ``Content-Encoding: gzip`` (its bytes are
   already a gzip stream, as a layer is), optionally cut short once.
 """
@@ -37,6 +37,7 @@ class Hostile:
         step: int = 1,
         page_bytes: int = 4 * 1024 * 1024,
         cut_once: int | None = None,
+        last_page: int | None = None,
     ) -> None:
         self.mode = mode
         self.body = body
@@ -45,6 +46,7 @@ class Hostile:
         self.step = step
         self.page_bytes = page_bytes
         self.cut_once = cut_once
+        self.last_page = last_page
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.pages_served = 0
         self.url = ""
@@ -78,18 +80,22 @@ class Hostile:
                 await anyio.sleep(self.interval)
                 await stream.send(whole[i : i + self.step])
         elif self.mode == "pages":
-            await stream.send(self._page())
+            await stream.send(self._page(target))
         elif self.mode == "gzip_blob":
             await self._gzip_blob(stream, method, headers)
 
-    def _page(self) -> bytes:
+    def _page(self, target: str) -> bytes:
         self.pages_served += 1
-        n = self.pages_served
+        # The page number comes from the request, so one server serves many listings.
+        _, _, last = target.partition("last=t")
+        n = int(last[:6]) + 1 if last[:6].isdigit() else 1
         # Names of 40 bytes each ("t<page>-<i>" padded), enough to fill the page.
         count = self.page_bytes // 44
         tags = [f"t{n:06d}-{i:08d}".ljust(40, "x") for i in range(count)]
         body = json.dumps({"name": "hostile/app", "tags": tags}).encode()
         link = f'</v2/hostile/app/tags/list?n=1000&last=t{n:06d}>; rel="next"'
+        if self.last_page is not None and n >= self.last_page:
+            return _response(200, body, "application/json")
         return _response(200, body, "application/json", {"Link": link})
 
     async def _gzip_blob(
@@ -166,11 +172,13 @@ async def serving(hostile: Hostile) -> AsyncIterator[Hostile]:
         await listener.aclose()
 
 
-async def _main(mode: str) -> None:
-    async with serving(Hostile(mode)) as hostile:
+async def _main(mode: str, options: list[str]) -> None:
+    """``MODE [name=value ...]``: the options are :class:`Hostile`'s int ones."""
+    kwargs = {name: int(value) for name, _, value in (o.partition("=") for o in options)}
+    async with serving(Hostile(mode, **kwargs)) as hostile:  # type: ignore[arg-type]
         print(hostile.url, flush=True)
         await anyio.sleep_forever()
 
 
 if __name__ == "__main__":
-    anyio.run(_main, sys.argv[1])
+    anyio.run(_main, sys.argv[1], sys.argv[2:])

@@ -18,7 +18,7 @@ from _hostile import Hostile, serving
 from _http_fakes import REALM, REGISTRY, Chunks, Upstream
 
 from dockerconnect import Digest, MemoryBlobStore, MemoryManifestStore, Resolver
-from dockerconnect._manifest import OCI_MANIFEST
+from dockerconnect._manifest import OCI_INDEX, OCI_MANIFEST
 from dockerconnect.errors import (
     InvalidInput,
     ListingTooLarge,
@@ -379,3 +379,106 @@ async def test_gzip_layer_is_read_raw(make: Callable[..., HttpConnector], cut: i
         assert await stream.read() == layer  # verified against its digest on the way
     ranges = [h.get("range") for m, t, h in hostile.requests if m == "GET" and "/blobs/" in t]
     assert ranges == ([None] if cut is None else [None, f"bytes={cut}-"])
+
+
+# -- issue 13: referrers over HTTP ------------------------------------------------------
+
+
+def _referrer(subject: Digest, artifact_type: str, n: int) -> dict[str, object]:
+    return {
+        "mediaType": OCI_MANIFEST,
+        "digest": str(Digest.from_bytes(f"referrer {n}".encode())),
+        "size": 500 + n,
+        "artifactType": artifact_type,
+        "annotations": {"org.opencontainers.image.created": "2026-01-01T00:00:00Z"},
+    }
+
+
+def _referrers_api(
+    subject: Digest, entries: list[dict[str, object]], *, page: int = 0, filters: bool = False
+) -> Callable[[httpx.Request], httpx.Response | None]:
+    def answer(request: httpx.Request) -> httpx.Response | None:
+        if f"/referrers/{subject}" not in request.url.path:
+            return None
+        wanted = request.url.params.get("artifactType")
+        found = [e for e in entries if not (filters and wanted) or e["artifactType"] == wanted]
+        start = int(request.url.params.get("page", "0"))
+        shown = found[start : start + page] if page else found
+        headers = {"Content-Type": OCI_INDEX}
+        if filters and wanted:
+            headers["OCI-Filters-Applied"] = "artifactType"
+        if page and start + page < len(found):
+            headers["Link"] = f'<{request.url.path}?page={start + page}>; rel="next"'
+        body = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": shown}
+        return httpx.Response(200, headers=headers, json=body)
+
+    return answer
+
+
+@pytest.mark.parametrize("filters", [True, False], ids=["upstream-filters", "we-filter"])
+async def test_referrers_api(make: Callable[..., HttpConnector], filters: bool) -> None:
+    subject = Digest.from_bytes(b"the subject manifest")
+    sig, sbom = "application/vnd.example.signature", "application/spdx+json"
+    entries = [_referrer(subject, sig if n % 2 else sbom, n) for n in range(5)]
+    up = Upstream()
+    up.hooks.append(_referrers_api(subject, entries, page=2, filters=filters))
+    connector = make(up)
+    found = await connector.referrers(REPO, subject)
+    assert found is not None
+    assert [str(d.digest) for d in found] == [e["digest"] for e in entries]
+    assert found[1].artifact_type == sig
+    assert found[0].annotations == entries[0]["annotations"]
+    signatures = await connector.referrers(REPO, str(subject), artifact_type=sig)
+    assert signatures is not None
+    assert [d.artifact_type for d in signatures] == [sig, sig]
+    asked = [r for r in up.requests if "/referrers/" in r.url.path]
+    assert any(r.url.params.get("artifactType") == sig for r in asked)
+
+
+async def test_no_referrers_is_empty_list(make: Callable[..., HttpConnector]) -> None:
+    subject = Digest.from_bytes(b"nobody refers to me")
+    up = Upstream()
+    up.hooks.append(_referrers_api(subject, []))
+    assert await make(up).referrers(REPO, subject) == []
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.Response(404, text="404 page not found"),
+        httpx.Response(404, json={"errors": [{"code": "NAME_UNKNOWN", "message": "x"}]}),
+        httpx.Response(405),
+    ],
+    ids=["plain-404", "oci-404", "405"],
+)
+async def test_no_referrers_api_is_none(
+    make: Callable[..., HttpConnector], answer: httpx.Response
+) -> None:
+    up = Upstream()
+    up.hooks.append(lambda r: answer if "/referrers/" in r.url.path else None)
+    assert await make(up).referrers(REPO, Digest.from_bytes(b"s")) is None
+
+
+async def test_referrers_errors_are_typed(make: Callable[..., HttpConnector]) -> None:
+    subject = Digest.from_bytes(b"s")
+    up = Upstream()
+    bad = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [{"mediaType": 3}]}
+    up.hooks.append(
+        lambda r: httpx.Response(200, json=bad) if "/referrers/" in r.url.path else None
+    )
+    connector = make(up)
+    with pytest.raises(UpstreamError, match="invalid descriptor"):
+        await connector.referrers(REPO, subject)
+    up.hooks[:] = [
+        lambda r: httpx.Response(200, content=DEEP) if "/referrers/" in r.url.path else None
+    ]
+    with pytest.raises(UpstreamError):
+        await connector.referrers(REPO, subject)
+    up.hooks[:] = [lambda r: httpx.Response(500) if "/referrers/" in r.url.path else None]
+    with pytest.raises(UpstreamError):
+        await make(up, retry=Retry(attempts=1)).referrers(REPO, subject)
+    with pytest.raises(InvalidInput):
+        await connector.referrers(REPO, "sha256:short")
+    with pytest.raises(InvalidInput):
+        await connector.referrers(REPO, subject, artifact_type="bad\ntype")
+    assert await make(up, include=("other/*",)).referrers(REPO, subject) is None

@@ -32,6 +32,7 @@ from dockerconnect.http._client import Client, Limits
 from dockerconnect.http._errors import Failures
 from dockerconnect.http._listing import Lister, ListingBounds
 from dockerconnect.http._manifests import Manifests, ManifestTarget
+from dockerconnect.http._referrers import Referrers, ReferrersTarget
 from dockerconnect.http._retry import RateLimit, Retry
 
 __all__ = ["DOCKER_HUB_URL", "HttpConnector"]
@@ -100,11 +101,13 @@ class HttpConnector:
     seconds) and ``sleep`` are injectable so token expiry and backoff can be
     tested without waiting.
 
-    ``verify_blobs=False`` makes blob streams check only their length, not
-    their digest: for a consumer that verifies every byte itself, as a
-    :class:`~dockerconnect.Resolver` does (its cache writer, or its own
-    verifier, checks each blob before the blob's last byte reaches a
-    reader), it saves hashing every blob twice. Manifests are always verified.
+    Blob streams hash what they deliver, so the connector is safe on its
+    own. A consumer that verifies every byte itself, as a
+    :class:`~dockerconnect.Resolver` does, says so with
+    :meth:`BlobStream.defer_verification <dockerconnect.BlobStream.defer_verification>`
+    and the stream then checks only its length: each byte is hashed once.
+    ``verify_blobs=False`` makes every stream check only its length.
+    Manifests are always verified.
     """
 
     def __init__(
@@ -138,20 +141,18 @@ class HttpConnector:
         self._base = str(parsed).rstrip("/")
         #: The name this connector reports in errors and as ``BlobStream.source``.
         self.name: str = name or ("docker.io" if hub else parsed.netloc.decode("ascii"))
-        self.include = tuple(include)
-        self.exclude = tuple(exclude)
+        self.include, self.exclude = tuple(include), tuple(exclude)
         self.prefix = _prefix(prefix)
         self.library = hub if library is None else library
         self.retry = retry
         self.max_resumes = max_resumes
         httpx_timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
-        failures = Failures(self.name)
+        http = client or httpx.AsyncClient(
+            transport=transport, timeout=httpx_timeout, verify=verify, follow_redirects=False
+        )
         self._client = Client(
-            failures,
-            client
-            or httpx.AsyncClient(
-                transport=transport, timeout=httpx_timeout, verify=verify, follow_redirects=False
-            ),
+            Failures(self.name),
+            http,
             owns=client is None,
             home=parsed.host,
             credentials=creds,
@@ -166,7 +167,9 @@ class HttpConnector:
         self._blobs = Blobs(
             self._client, source=self.name, max_resumes=max_resumes, verify=verify_blobs
         )
-        self._lister = Lister(self._client, (parsed.scheme, parsed.host, parsed.port), listing)
+        origin = (parsed.scheme, parsed.host, parsed.port)
+        self._lister = Lister(self._client, origin, listing)
+        self._referrers = Referrers(self._client, origin, listing)
 
     # -- configuration -------------------------------------------------------
 
@@ -364,6 +367,32 @@ class HttpConnector:
         if names is None:
             return None
         return sorted({m for n in names if (m := self.client_name(n)) is not None})
+
+    async def referrers(
+        self, repository: str, digest: Digest | str, *, artifact_type: str | None = None
+    ) -> list[Descriptor] | None:
+        """``GET /v2/<name>/referrers/<digest>`` (``?artifactType=``); the
+        descriptors of the manifests whose ``subject`` is ``digest``.
+
+        ``[]`` when there are none; ``None`` when the upstream has no
+        referrers API (a 404 that is not an OCI index, or 405), so the caller
+        falls back to the tag schema. Only referrers of ``artifact_type`` are
+        kept, whether or not the upstream filtered. Pages (``Link``) are
+        followed within ``listing``'s bounds.
+        """
+        if artifact_type is not None and (
+            not isinstance(artifact_type, str)
+            or not artifact_type
+            or not artifact_type.isprintable()
+        ):
+            raise InvalidInput(f"artifact_type must be a media type, not {artifact_type!r}")
+        want = Digest.parse(digest)
+        upstream = self._upstream(repository)
+        if upstream is None:
+            return None
+        url = f"{self._base}/v2/{upstream}/referrers/{want}"
+        target = ReferrersTarget(url, _scope(upstream), repository, want)
+        return await self._referrers.fetch(target, artifact_type)
 
     # -- validation and targets ----------------------------------------------
 

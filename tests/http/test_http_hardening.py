@@ -482,3 +482,38 @@ async def test_referrers_errors_are_typed(make: Callable[..., HttpConnector]) ->
     with pytest.raises(InvalidInput):
         await connector.referrers(REPO, subject, artifact_type="bad\ntype")
     assert await make(up, include=("other/*",)).referrers(REPO, subject) is None
+
+
+# -- issue 11.12 (http side): huge or odd digit strings in headers ------------------------
+
+
+@pytest.mark.parametrize("digits", ["9" * 5000, "²", "1" + "0" * 30])
+async def test_odd_digits_in_headers_are_harmless(
+    make: Callable[..., HttpConnector], digits: str
+) -> None:
+    up = Upstream()
+    img = image()
+    up.add(REPO, img, "v1")
+    digest = str(img.manifest.layers[0].digest)
+
+    def odd(request: httpx.Request) -> httpx.Response | None:
+        if "/blobs/" in request.url.path:
+            headers = {
+                "Content-Length": digits,
+                "Content-Range": f"bytes 0-{digits}/{digits}",
+                "RateLimit-Limit": f"{digits};w={digits}",
+                "RateLimit-Remaining": digits,
+                "Retry-After": digits,
+            }
+            raw = [(k.encode(), v.encode("latin-1")) for k, v in headers.items()]
+            return httpx.Response(206 if "range" in request.headers else 200, headers=raw)
+        return None
+
+    up.hooks.append(odd)
+    connector = make(up)
+    manifest = await connector.get_manifest(REPO, "v1")
+    assert manifest is not None
+    with pytest.raises(UpstreamError):  # no usable size: typed, never ValueError
+        await connector.stat_blob(REPO, digest)
+    with pytest.raises(UpstreamError):
+        await connector.open_blob(REPO, digest)

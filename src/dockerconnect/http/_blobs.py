@@ -31,7 +31,7 @@ from dockerconnect.errors import DigestMismatch, RangeInvalid, UpstreamError, Up
 from dockerconnect.http._client import REDIRECTS, Client
 from dockerconnect.http._errors import Where
 
-__all__ = ["BlobTarget", "Blobs", "parse_length"]
+__all__ = ["Blobs", "DigestTarget", "parse_length", "where"]
 
 logger = logging.getLogger("dockerconnect.http")
 
@@ -40,8 +40,9 @@ _HTML = frozenset({"text/html", "application/xhtml+xml"})
 
 
 @attrs.frozen(slots=True)
-class BlobTarget:
-    """One blob of one repository: where to ask, in whose name."""
+class DigestTarget:
+    """Content named by a digest in one repository (a blob, or the subject of
+    a referrers listing): where to ask, and in which scope."""
 
     url: str
     scope: str
@@ -92,14 +93,14 @@ class Blobs:
         if pool is not None:
             pool.shutdown(wait=False)
 
-    async def stat(self, target: BlobTarget) -> Descriptor | None:
+    async def stat(self, target: DigestTarget) -> Descriptor | None:
         """``HEAD`` the blob; a redirect is answered by a one-byte ranged GET.
 
         Object storage's pre-signed URLs are often valid for GET only. A 200
         that is an HTML page (a login page, a proxy's error) is not the blob.
         """
         response = await self.client.send(
-            "HEAD", target.url, scope=target.scope, follow=False, **_where(target)
+            "HEAD", target.url, scope=target.scope, follow=False, **where(target)
         )
         await response.aclose()
         if await self.client.absent(response):
@@ -112,14 +113,14 @@ class Blobs:
         header = self.failures.digest_header(response, target.repository, target.digest)
         if header is not None and header != target.digest:
             raise self.failures.error(
-                f"upstream says blob has digest {header}", cls=DigestMismatch, **_where(target)
+                f"upstream says blob has digest {header}", cls=DigestMismatch, **where(target)
             )
         size = parse_length(response.headers.get("content-length"))
         if size is None:
             size = await self._size_by_range(target)
         return self._described(target, size)
 
-    async def open(self, target: BlobTarget, offset: int) -> BlobStream | None:
+    async def open(self, target: DigestTarget, offset: int) -> BlobStream | None:
         """The blob from ``offset``; see ``HttpConnector.open_blob``."""
         response = await self.request(target, offset)
         try:
@@ -138,18 +139,18 @@ class Blobs:
         body = _BlobBody(self, target, size, offset, response, start)
         return BlobStream(target.digest, size, body, offset=offset, source=self.source)
 
-    async def request(self, target: BlobTarget, offset: int) -> httpx.Response:
+    async def request(self, target: DigestTarget, offset: int) -> httpx.Response:
         """``GET`` the blob from ``offset`` (with ``Range`` past 0)."""
         # identity: a transfer-compressed blob would not hash to its digest.
         headers = {"Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
         return await self.client.send(
-            "GET", target.url, scope=target.scope, headers=headers, **_where(target)
+            "GET", target.url, scope=target.scope, headers=headers, **where(target)
         )
 
     async def resume(
-        self, target: BlobTarget, position: int, size: int
+        self, target: DigestTarget, position: int, size: int
     ) -> tuple[httpx.Response, int]:
         """A new response from ``position``, and the blob position it starts at."""
         response = await self.request(target, position)
@@ -158,7 +159,7 @@ class Blobs:
                 return response, self.window(response, target, position, size)[1]
             if await self.client.absent(response):
                 raise self.failures.error(
-                    "blob disappeared upstream while it was being downloaded", **_where(target)
+                    "blob disappeared upstream while it was being downloaded", **where(target)
                 )
             await self.client.fail(response, target.repository, target.digest)
         except BaseException:
@@ -166,7 +167,7 @@ class Blobs:
             raise
 
     def window(
-        self, response: httpx.Response, target: BlobTarget, offset: int, size: int | None
+        self, response: httpx.Response, target: DigestTarget, offset: int, size: int | None
     ) -> tuple[int, int]:
         """Check a blob answer; return (total size, position of its first byte).
 
@@ -180,58 +181,58 @@ class Blobs:
             length = parse_length(response.headers.get("content-length"))
             if length is None:
                 raise self.failures.error(
-                    "upstream sent a blob without Content-Length", **_where(target)
+                    "upstream sent a blob without Content-Length", **where(target)
                 )
             total, start = length, 0
         if size is not None and total != size:
             raise self.failures.error(
                 f"upstream changed the blob's size from {size} to {total} while resuming",
-                **_where(target),
+                **where(target),
             )
         if offset > total:
             raise RangeInvalid(
-                f"offset {offset} is past the end of the {total} byte blob", **_where(target)
+                f"offset {offset} is past the end of the {total} byte blob", **where(target)
             )
         return total, start
 
-    def _content_range(self, response: httpx.Response, target: BlobTarget, offset: int) -> int:
+    def _content_range(self, response: httpx.Response, target: DigestTarget, offset: int) -> int:
         value = response.headers.get("content-range", "").strip()
         match = _CONTENT_RANGE.fullmatch(value)
         if match is None or match.group(3) == "*" or int(match.group(1)) != offset:
             raise self.failures.error(
                 f"upstream answered a range request with an unusable Content-Range {value[:100]!r}",
-                **_where(target),
+                **where(target),
             )
         return int(match.group(3))
 
-    def _refuse_html(self, response: httpx.Response, target: BlobTarget) -> None:
+    def _refuse_html(self, response: httpx.Response, target: DigestTarget) -> None:
         content_type = base_media_type(response.headers.get("content-type", ""))
         if content_type in _HTML:
             raise self.failures.error(
                 f"upstream answered {response.status_code} with an HTML page instead of blob bytes",
-                **_where(target),
+                **where(target),
             )
 
-    def _described(self, target: BlobTarget, size: int | None) -> Descriptor | None:
+    def _described(self, target: DigestTarget, size: int | None) -> Descriptor | None:
         if size is None:
             return None
         return Descriptor("application/octet-stream", target.digest, size)
 
-    async def _past_end(self, target: BlobTarget, offset: int) -> BlobStream | None:
+    async def _past_end(self, target: DigestTarget, offset: int) -> BlobStream | None:
         found = await self.stat(target)
         if found is None:
             return None
         if offset != found.size:
             raise RangeInvalid(
                 f"offset {offset} is past the end of the {found.size} byte blob",
-                **_where(target),
+                **where(target),
             )
         return BlobStream(target.digest, found.size, _empty(), offset=offset, source=self.source)
 
-    async def _size_by_range(self, target: BlobTarget) -> int | None:
+    async def _size_by_range(self, target: DigestTarget) -> int | None:
         headers = {"Range": "bytes=0-0", "Accept-Encoding": "identity"}
         response = await self.client.send(
-            "GET", target.url, scope=target.scope, headers=headers, **_where(target)
+            "GET", target.url, scope=target.scope, headers=headers, **where(target)
         )
         try:
             if await self.client.absent(response):
@@ -245,13 +246,12 @@ class Blobs:
         finally:
             await response.aclose()
         if length is None:
-            raise self.failures.error(
-                "upstream did not say how large the blob is", **_where(target)
-            )
+            raise self.failures.error("upstream did not say how large the blob is", **where(target))
         return length
 
 
-def _where(target: BlobTarget) -> Where:
+def where(target: DigestTarget) -> Where:
+    """What an error about ``target`` names."""
     return Where(repository=target.repository, digest=target.digest)
 
 
@@ -272,7 +272,7 @@ class _BlobBody:
     def __init__(
         self,
         blobs: Blobs,
-        target: BlobTarget,
+        target: DigestTarget,
         size: int,
         offset: int,
         response: httpx.Response,
@@ -331,7 +331,7 @@ class _BlobBody:
                 raise self._blobs.failures.error(
                     f"upstream sent bytes that fail the blob's check: {exc.message}",
                     cls=type(exc),
-                    **_where(self._target),
+                    **where(self._target),
                 ) from exc
             except UpstreamError as exc:
                 failure = exc
@@ -344,7 +344,7 @@ class _BlobBody:
             raise self._blobs.failures.error(
                 f"upstream sent {self._size} bytes that fail the blob's check: {exc.message}",
                 cls=type(exc),
-                **_where(self._target),
+                **where(self._target),
             ) from exc
         if held is not None:
             yield held
@@ -397,7 +397,7 @@ class _BlobBody:
                 f"transfer broke at byte {position} of {size} "
                 f"after {resumes} resume(s)" + (f": {failure.message}" if failure else ""),
                 cls=UpstreamTimeout if isinstance(failure, UpstreamTimeout) else UpstreamError,
-                **_where(self._target),
+                **where(self._target),
             )
             # The httpx exception, if any, stays reachable as the cause.
             raise error from (failure.__cause__ or failure) if failure else None

@@ -27,12 +27,12 @@ from dockerconnect._registry_connector import matches_patterns
 from dockerconnect._stream import BlobStream
 from dockerconnect.errors import Denied, DigestInvalid, InvalidInput, RangeInvalid, Unauthorized
 from dockerconnect.http._auth import Credentials
-from dockerconnect.http._blobs import Blobs, BlobTarget
+from dockerconnect.http._blobs import Blobs, DigestTarget
 from dockerconnect.http._client import Client, Limits
 from dockerconnect.http._errors import Failures
 from dockerconnect.http._listing import Lister, ListingBounds
 from dockerconnect.http._manifests import Manifests, ManifestTarget
-from dockerconnect.http._referrers import Referrers, ReferrersTarget
+from dockerconnect.http._referrers import Referrers
 from dockerconnect.http._retry import RateLimit, Retry
 
 __all__ = ["DOCKER_HUB_URL", "HttpConnector"]
@@ -391,7 +391,7 @@ class HttpConnector:
         if upstream is None:
             return None
         url = f"{self._base}/v2/{upstream}/referrers/{want}"
-        target = ReferrersTarget(url, _scope(upstream), repository, want)
+        target = DigestTarget(url, _scope(upstream), repository, want)
         return await self._referrers.fetch(target, artifact_type)
 
     # -- validation and targets ----------------------------------------------
@@ -415,13 +415,13 @@ class HttpConnector:
         url = f"{self._base}/v2/{upstream}/manifests/{reference}"
         return ManifestTarget(url, _scope(upstream), repository, digest)
 
-    def _blob_target(self, repository: str, digest: Digest | str) -> BlobTarget | None:
+    def _blob_target(self, repository: str, digest: Digest | str) -> DigestTarget | None:
         want = Digest.parse(digest)
         upstream = self._upstream(repository)
         if upstream is None:
             return None
         url = f"{self._base}/v2/{upstream}/blobs/{want}"
-        return BlobTarget(url, _scope(upstream), repository, want)
+        return DigestTarget(url, _scope(upstream), repository, want)
 
 
 def _scope(upstream: str) -> str:

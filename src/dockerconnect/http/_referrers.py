@@ -13,31 +13,19 @@ bounds.
 
 from __future__ import annotations
 
-import attrs
 import httpx
 
 from dockerconnect._descriptor import Descriptor
-from dockerconnect._digest import Digest
 from dockerconnect._json import load_json
 from dockerconnect._manifest import MAX_MANIFEST_SIZE, OCI_INDEX, base_media_type
 from dockerconnect.errors import ListingTooLarge, ManifestInvalid
+from dockerconnect.http._blobs import DigestTarget, where
 from dockerconnect.http._client import Client
-from dockerconnect.http._errors import Where
 from dockerconnect.http._listing import ListingBounds
 
-__all__ = ["Referrers", "ReferrersTarget"]
+__all__ = ["Referrers"]
 
 _HTML = frozenset({"text/html", "application/xhtml+xml"})
-
-
-@attrs.frozen(slots=True)
-class ReferrersTarget:
-    """The referrers of one subject in one repository, and where to ask."""
-
-    url: str
-    scope: str
-    repository: str
-    digest: Digest
 
 
 class Referrers:
@@ -51,7 +39,7 @@ class Referrers:
         self._bounds = bounds
 
     async def fetch(
-        self, target: ReferrersTarget, artifact_type: str | None
+        self, target: DigestTarget, artifact_type: str | None
     ) -> list[Descriptor] | None:
         """Every referrer of the subject (of ``artifact_type``, if given);
         ``None`` if the upstream has no referrers API."""
@@ -66,7 +54,7 @@ class Referrers:
                 raise self._client.failures.error(
                     f"upstream's referrers listing has more than {self._bounds.max_pages} pages",
                     cls=ListingTooLarge,
-                    **_where(target),
+                    **where(target),
                 )
             page = await self._page(url, target, first=pages == 1)
             if page is None:
@@ -77,37 +65,37 @@ class Referrers:
                 raise self._client.failures.error(
                     f"upstream lists more than {self._bounds.max_names} referrers",
                     cls=ListingTooLarge,
-                    **_where(target),
+                    **where(target),
                 )
         if artifact_type is not None:
             found = [d for d in found if d.artifact_type == artifact_type]
         return found
 
     async def _page(
-        self, url: str, target: ReferrersTarget, *, first: bool
+        self, url: str, target: DigestTarget, *, first: bool
     ) -> tuple[list[Descriptor], str | None] | None:
         client = self._client
         response = await client.send(
-            "GET", url, scope=target.scope, headers={"Accept": OCI_INDEX}, **_where(target)
+            "GET", url, scope=target.scope, headers={"Accept": OCI_INDEX}, **where(target)
         )
         try:
             status = response.status_code
             if base_media_type(response.headers.get("content-type", "")) in _HTML:
                 raise client.failures.error(
                     f"upstream answered {status} with an HTML page instead of referrers",
-                    **_where(target),
+                    **where(target),
                 )
             if status not in (200, 404):
                 codes = {c for c, _ in await client.oci_errors(response)}
                 if first and (status in (405, 501) or "UNSUPPORTED" in codes):
                     return None
                 await client.fail(response, target.repository, target.digest)
-            raw = await client.read(response, MAX_MANIFEST_SIZE + 1, **_where(target))
+            raw = await client.read(response, MAX_MANIFEST_SIZE + 1, **where(target))
         finally:
             await response.aclose()
         if len(raw) > MAX_MANIFEST_SIZE:
             raise client.failures.error(
-                f"upstream's referrers index is over {MAX_MANIFEST_SIZE} bytes", **_where(target)
+                f"upstream's referrers index is over {MAX_MANIFEST_SIZE} bytes", **where(target)
             )
         index = _index(raw)
         if index is None:
@@ -115,27 +103,27 @@ class Referrers:
                 return None  # no referrers API here
             raise client.failures.error(
                 f"upstream answered referrers {status} with something other than an OCI index",
-                **_where(target),
+                **where(target),
             )
         next_url = self._next(response, target)
         return self._descriptors(index, target), next_url
 
-    def _descriptors(self, entries: list[object], target: ReferrersTarget) -> list[Descriptor]:
+    def _descriptors(self, entries: list[object], target: DigestTarget) -> list[Descriptor]:
         try:
             return [Descriptor.from_dict(entry) for entry in entries]
         except ManifestInvalid as exc:
             raise self._client.failures.error(
                 f"upstream's referrers index holds an invalid descriptor: {exc.message}",
-                **_where(target),
+                **where(target),
             ) from exc
 
-    def _next(self, response: httpx.Response, target: ReferrersTarget) -> str | None:
+    def _next(self, response: httpx.Response, target: DigestTarget) -> str | None:
         link = self._client.link(response, "next", repository=target.repository)
         if link is None:
             return None
         if (link.scheme, link.host, link.port) != self._origin:
             raise self._client.failures.error(
-                "upstream's next referrers page is on another host", **_where(target)
+                "upstream's next referrers page is on another host", **where(target)
             )
         return str(link)
 
@@ -153,7 +141,3 @@ def _index(raw: bytes) -> list[object] | None:
     if media_type not in (None, OCI_INDEX) or not isinstance(manifests, list):
         return None
     return manifests
-
-
-def _where(target: ReferrersTarget) -> Where:
-    return Where(repository=target.repository, digest=target.digest)

@@ -517,3 +517,18 @@ async def test_odd_digits_in_headers_are_harmless(
         await connector.stat_blob(REPO, digest)
     with pytest.raises(UpstreamError):
         await connector.open_blob(REPO, digest)
+
+
+@pytest.mark.parametrize("realm", ["http://[::1", "ftp://auth.test/token", "/relative"])
+async def test_unusable_token_realm_is_typed(
+    make: Callable[..., HttpConnector], realm: str
+) -> None:
+    up = Upstream(auth="bearer")
+    up.add(REPO, image(), "v1")
+    challenge = {"WWW-Authenticate": f'Bearer realm="{realm}",service="registry.test"'}
+    up.hooks.append(
+        lambda r: httpx.Response(401, headers=challenge) if r.url.host == "registry.test" else None
+    )
+    with pytest.raises(UpstreamError) as caught:
+        await make(up).get_manifest(REPO, "v1")
+    assert caught.value.connector == "registry.test"

@@ -253,11 +253,10 @@ class Authenticator:
             params["service"] = challenge.params["service"]
         if scope:
             params["scope"] = scope
-        try:
-            target = httpx.URL(realm)
-        except httpx.InvalidURL:
-            target = None
-        if target is None or target.scheme not in ("http", "https") or not target.host:
+        # A realm httpx cannot parse raises InvalidURL, which the client (the
+        # one place httpx exceptions are caught) turns into an UpstreamError.
+        target = httpx.URL(realm)
+        if target.scheme not in ("http", "https") or not target.host:
             raise self._failures.error(f"token realm {realm[:200]!r} is not an http(s) URL")
         return target.copy_merge_params(params)
 

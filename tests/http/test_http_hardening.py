@@ -532,3 +532,14 @@ async def test_unusable_token_realm_is_typed(
     with pytest.raises(UpstreamError) as caught:
         await make(up).get_manifest(REPO, "v1")
     assert caught.value.connector == "registry.test"
+
+
+def test_bad_limits_are_one_line_errors() -> None:
+    for bad in (
+        lambda: Limits(deadline=0),
+        lambda: Limits(min_rate=-1),
+        lambda: ListingBounds(max_names=0),
+    ):
+        with pytest.raises(InvalidInput) as caught:
+            bad()
+        assert "\n" not in str(caught.value)

@@ -35,7 +35,7 @@ import attrs
 import httpx
 
 from dockerconnect._digest import Digest
-from dockerconnect.errors import DockerConnectError, UpstreamError, UpstreamTimeout
+from dockerconnect.errors import DockerConnectError, InvalidInput, UpstreamError, UpstreamTimeout
 from dockerconnect.http._auth import Authenticator, Credentials
 from dockerconnect.http._errors import ABSENT_CODES, Failures, loggable, parse_oci_errors, redacted
 from dockerconnect.http._retry import RETRY_STATUSES, RateLimit, Retry, parse_retry_after
@@ -64,7 +64,9 @@ class Limits:
 
     def __attrs_post_init__(self) -> None:
         if not (self.deadline > 0 and self.rate_window > 0 and self.min_rate >= 0):
-            raise ValueError("deadline and rate_window must be positive and min_rate not negative")
+            raise InvalidInput(
+                "Limits: deadline and rate_window must be positive, min_rate not negative"
+            )
 
 
 class Client:

@@ -14,7 +14,7 @@ import httpx
 
 from dockerconnect._json import load_json
 from dockerconnect._manifest import base_media_type
-from dockerconnect.errors import ListingTooLarge
+from dockerconnect.errors import InvalidInput, ListingTooLarge
 from dockerconnect.http._client import Client
 from dockerconnect.http._errors import loggable
 
@@ -34,7 +34,7 @@ class ListingBounds:
 
     def __attrs_post_init__(self) -> None:
         if min(self.max_pages, self.max_names, self.max_bytes, self.page_size) < 1:
-            raise ValueError("listing bounds must be positive")
+            raise InvalidInput("ListingBounds: every bound must be at least 1")
 
 
 class Lister:

@@ -257,7 +257,7 @@ class Authenticator:
         # one place httpx exceptions are caught) turns into an UpstreamError.
         target = httpx.URL(realm)
         if target.scheme not in ("http", "https") or not target.host:
-            raise self._failures.error(f"token realm {realm[:200]!r} is not an http(s) URL")
+            raise self._failures.error(f"token realm {loggable(realm)!r} is not an http(s) URL")
         return target.copy_merge_params(params)
 
     def _parse(self, raw: bytes) -> tuple[str, float | None]:

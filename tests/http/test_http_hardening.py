@@ -204,6 +204,19 @@ async def test_blob_body_below_minimum_rate_fails(make: Callable[..., HttpConnec
     assert len(blob_gets) == 1  # too slow is not resumed from the same upstream
 
 
+async def test_stalled_blob_body_fails(make: Callable[..., HttpConnector]) -> None:
+    img = image(size=64 * 1024)
+    async with serving(Hostile("trickle_body", body=img.layers[0], interval=30.0)) as hostile:
+        connector = make(url=hostile.url, limits=FAST, max_resumes=1)
+        stream = await connector.open_blob(REPO, img.manifest.layers[0].digest)
+        assert stream is not None
+        with pytest.raises(UpstreamError) as caught:
+            await stream.read()
+        await stream.aclose()
+    assert isinstance(caught.value.__cause__, httpx.ReadTimeout)
+    assert len([r for r in hostile.requests if "/blobs/" in r[1]]) == 2  # one resume
+
+
 async def test_resolver_fails_over_from_a_trickling_upstream(
     make: Callable[..., HttpConnector],
 ) -> None:

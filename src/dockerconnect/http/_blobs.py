@@ -146,7 +146,7 @@ class Blobs:
         if offset:
             headers["Range"] = f"bytes={offset}-"
         return await self.client.send(
-            "GET", target.url, scope=target.scope, headers=headers, **where(target)
+            "GET", target.url, scope=target.scope, headers=headers, streaming=True, **where(target)
         )
 
     async def resume(

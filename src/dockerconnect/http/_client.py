@@ -15,7 +15,9 @@ Time limits, all per attempt:
   a listing page, an error). Blob bodies can be any size, so instead
 - ``min_rate`` bytes per second, over each ``rate_window`` seconds: a blob
   body that delivers less than ``min_rate * rate_window`` bytes in a window
-  fails.
+  fails when its next bytes arrive, and one that stalls outright fails when
+  no byte came for ``rate_window`` seconds (a read timeout, which is resumed
+  like a dropped connection).
 
 Either failure is an :class:`~dockerconnect.errors.UpstreamTimeout` and is not retried
 on the same upstream: the caller (a resolver) fails over to the next source.
@@ -95,6 +97,14 @@ class Client:
         self._http = http
         self._owns = owns
         self._timeout = timeout
+        # A blob body that stalls outright fails within one rate window (the
+        # rate itself is checked as bytes arrive, without a timer per read).
+        read = timeout.read
+        if limits.min_rate > 0:
+            read = limits.rate_window if read is None else min(read, limits.rate_window)
+        self._stream_timeout = httpx.Timeout(
+            connect=timeout.connect, read=read, write=timeout.write, pool=timeout.pool
+        )
         self._user_agent = user_agent
         self._clock = clock
         self._sleep = sleep
@@ -118,6 +128,7 @@ class Client:
         headers: dict[str, str] | None = None,
         follow: bool = True,
         retry: bool = True,
+        streaming: bool = False,
         repository: str | None = None,
         digest: Digest | None = None,
     ) -> httpx.Response:
@@ -125,12 +136,16 @@ class Client:
 
         On a 401 challenge it authenticates and tries once more. Returns a
         streaming response the caller closes; raises ``UpstreamError`` when
-        no answer could be had.
+        no answer could be had. ``streaming``: the body is a blob, to be read
+        with :meth:`stream` (no read may wait longer than a rate window).
         """
         headers = headers or {}
+        timeout = self._stream_timeout if streaming else self._timeout
         with self._translating(repository, digest):
             authorization = None if scope is None else await self.auth.authorization(scope)
-            response = await self._transmit(method, url, headers, authorization, follow, retry)
+            response = await self._transmit(
+                method, url, headers, authorization, follow, retry, timeout
+            )
             if scope is None or response.status_code != 401:
                 return response
             await self.oci_errors(response)  # keep the body's codes for fail()
@@ -138,7 +153,7 @@ class Client:
                 return response
             await response.aclose()
             authorization = await self.auth.authorization(scope)
-            return await self._transmit(method, url, headers, authorization, follow, retry)
+            return await self._transmit(method, url, headers, authorization, follow, retry, timeout)
 
     async def read(
         self,
@@ -194,14 +209,16 @@ class Client:
         finished = False
         try:
             while True:
+                # No timer per read (a cancel scope costs more than a 64 KiB
+                # read): the rate is judged as bytes arrive, and a read that
+                # stalls outright ends with the request's read timeout.
                 with self._translating(repository, digest):
-                    with anyio.move_on_after(watch.patience(anyio.current_time())) as scope:
-                        try:
-                            chunk = await raw.__anext__()
-                        except StopAsyncIteration:
-                            finished = True
-                            return
-                if scope.cancelled_caught or not watch.saw(len(chunk), anyio.current_time()):
+                    try:
+                        chunk = await raw.__anext__()
+                    except StopAsyncIteration:
+                        finished = True
+                        return
+                if not watch.saw(len(chunk), anyio.current_time()):
                     raise self._timed_out(watch.complaint(), repository, digest)
                 yield chunk
         finally:
@@ -278,7 +295,9 @@ class Client:
         return max(0.0, started + self.limits.deadline - anyio.current_time())
 
     async def _fetch_token(self, url: httpx.URL, authorization: str | None) -> bytes:
-        response = await self._transmit("GET", str(url), {}, authorization, True, True)
+        response = await self._transmit(
+            "GET", str(url), {}, authorization, True, True, self._timeout
+        )
         try:
             if response.status_code != 200:
                 await self.fail(response, None, None)
@@ -294,6 +313,7 @@ class Client:
         authorization: str | None,
         follow: bool,
         retry: bool,
+        timeout: httpx.Timeout,
     ) -> httpx.Response:
         """One logical request with retries (see :class:`Retry`)."""
         policy = self.retry if retry else Retry(attempts=1)
@@ -302,7 +322,9 @@ class Client:
         while True:
             attempt += 1
             try:
-                response = await self._exchange(method, url, headers, authorization, follow)
+                response = await self._exchange(
+                    method, url, headers, authorization, follow, timeout
+                )
             except _RETRYABLE_HTTPX as exc:
                 delay = policy.delay(attempt, self._rng)
                 if attempt >= policy.attempts or self._clock() + delay > deadline:
@@ -338,6 +360,7 @@ class Client:
         headers: dict[str, str],
         authorization: str | None,
         follow: bool,
+        timeout: httpx.Timeout,
     ) -> httpx.Response:
         """Send once, following redirects by hand so that ``Authorization``
         goes only to the origin it was meant for; all within the deadline."""
@@ -348,7 +371,7 @@ class Client:
             hop = {"User-Agent": self._user_agent, **headers}
             if authorization is not None and _origin(current) == home:
                 hop["Authorization"] = authorization
-            request = self._http.build_request(method, current, headers=hop, timeout=self._timeout)
+            request = self._http.build_request(method, current, headers=hop, timeout=timeout)
             left = max(0.0, started + self.limits.deadline - anyio.current_time())
             with anyio.move_on_after(left):
                 response = await self._http.send(request, stream=True, follow_redirects=False)
@@ -387,17 +410,6 @@ class _RateWatch:
         self._needed = limits.min_rate * limits.rate_window
         self._window_end = now + limits.rate_window
         self._got = 0
-
-    def patience(self, now: float) -> float:
-        """How long the next read may take before the rate is surely missed."""
-        if self._needed <= 0:
-            return float("inf")
-        end = (
-            self._window_end
-            if self._got < self._needed
-            else self._window_end + self._limits.rate_window
-        )
-        return max(0.0, end - now)
 
     def saw(self, n: int, now: float) -> bool:
         """Count ``n`` bytes received at ``now``; ``False`` if a window fell short."""

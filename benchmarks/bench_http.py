@@ -15,6 +15,23 @@ is pushed into it. Then, alternating in one process on one event loop:
 - **HttpConnector**: ``open_blob`` and iterate the ``BlobStream`` (digest and
   size verified as it streams, hashing in a worker thread, last chunk held
   back until verified, resumable).
+- **Resolver(HttpConnector)**: the README's setup, a ``Resolver`` over an
+  ``HttpConnector`` with the default ``verify_blobs=True``, relaying
+  (``cache_blobs=False``, so every run goes upstream): the resolver verifies
+  each blob and the connector's stream is told so
+  (``BlobStream.defer_verification``), so each byte is hashed once.
+
+``--hostile`` measures instead what the hostile-input trial (issue 11) asked
+for, against our own hostile registry on 127.0.0.1 (``tests/http/_hostile.py``):
+
+- the time for a ``Resolver`` to get a blob from a second connector (the
+  real registry) when the first trickles its headers, against the deadline
+  set (``Limits.deadline``);
+- the peak RSS growth of one ``tags()`` call against a paginator serving 150
+  pages of 4 MiB, each linking to a fresh next page.
+
+``DOCKERCONNECT_SRC=/path/to/src`` runs either against another checkout
+(``main``, for the "before" figures).
 
 Each figure is the median of the repetitions; the ratio is HttpConnector's
 throughput over the baseline's (target >= 0.9). Peak memory is measured in
@@ -44,13 +61,16 @@ from typing import Any
 import anyio
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+sys.path.insert(0, os.environ.get("DOCKERCONNECT_SRC") or str(Path(__file__).parents[1] / "src"))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests" / "http"))
 
+from dockerconnect import CachingPolicy, MemoryBlobStore, MemoryManifestStore, Resolver
 from dockerconnect._digest import Digest
 from dockerconnect._stream import CHUNK_SIZE
 from dockerconnect.http import HttpConnector
 from dockerconnect.testing import DistributionRegistry
 
+_ROOT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
 REPOSITORY = "bench/http"
 
@@ -93,6 +113,14 @@ async def connector_download(connector: HttpConnector, digest: Digest) -> int:
     return total
 
 
+async def resolver_download(resolver: Resolver, digest: Digest) -> int:
+    total = 0
+    async with await resolver.open_blob(REPOSITORY, digest) as stream:
+        async for chunk in stream:
+            total += len(chunk)
+    return total
+
+
 async def peak_memory(run: Callable[[], Awaitable[int]]) -> int:
     gc.collect()
     tracemalloc.start()
@@ -114,11 +142,27 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         del data
         gc.collect()
         url = f"{registry.url}/v2/{REPOSITORY}/blobs/{digest}"
-        timings: dict[str, list[float]] = {"baseline": [], "HttpConnector": []}
-        async with httpx.AsyncClient(timeout=120) as client, HttpConnector(registry.url) as conn:
+        timings: dict[str, list[float]] = {
+            "baseline": [],
+            "HttpConnector": [],
+            "Resolver(HttpConnector)": [],
+        }
+        async with (
+            httpx.AsyncClient(timeout=120) as client,
+            HttpConnector(registry.url) as conn,
+            HttpConnector(registry.url) as upstream,
+            Resolver(
+                "bench",
+                manifests=MemoryManifestStore(),
+                blobs=MemoryBlobStore(),
+                connectors=[upstream],
+                policy=CachingPolicy(cache_blobs=False),
+            ) as resolver,
+        ):
             runs: dict[str, Callable[[], Awaitable[int]]] = {
                 "baseline": lambda: baseline(client, url, digest),
                 "HttpConnector": lambda: connector_download(conn, digest),
+                "Resolver(HttpConnector)": lambda: resolver_download(resolver, digest),
             }
             for name, run in runs.items():  # warm-up: connections, page cache
                 assert await run() == size, name
@@ -141,6 +185,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "samples_s": samples,
         }
     ratio = rows["HttpConnector"]["throughput_MBps"] / rows["baseline"]["throughput_MBps"]
+    resolver_ratio = (
+        rows["Resolver(HttpConnector)"]["throughput_MBps"] / rows["baseline"]["throughput_MBps"]
+    )
     return {
         "blob_MiB": args.size,
         "repetitions": args.repetitions,
@@ -150,8 +197,150 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "httpx": httpx.__version__,
         "results": rows,
         "ratio": ratio,
+        "resolver_ratio": resolver_ratio,
         "target_ratio": 0.9,
     }
+
+
+TRICKLE_DEADLINE = 2.0
+#: A run that has not finished after this long is reported as "still waiting".
+TRICKLE_CAP = 30.0
+HOSTILE_PAGES = 150
+
+
+async def trickle_failover(size: int) -> dict[str, Any]:
+    """Time for a Resolver to get a blob from the second connector when the first trickles."""
+    from _hostile import Hostile, serving
+
+    try:
+        from dockerconnect.http import Limits
+
+        limits: dict[str, Any] = {"limits": Limits(deadline=TRICKLE_DEADLINE)}
+    except ImportError:  # a checkout from before deadlines existed
+        limits = {}
+    async with DistributionRegistry() as registry:
+        data = os.urandom(size)
+        digest = Digest.from_bytes(data)
+        await upload(registry.url, data, digest)
+        async with (
+            serving(Hostile("trickle_headers", interval=0.5)) as hostile,
+            HttpConnector(hostile.url, name="trickling", **limits) as slow,
+            HttpConnector(registry.url, name="healthy") as good,
+            Resolver(
+                "bench",
+                manifests=MemoryManifestStore(),
+                blobs=MemoryBlobStore(),
+                connectors=[slow, good],
+                policy=CachingPolicy(cache_blobs=False),
+            ) as resolver,
+        ):
+            started = time.perf_counter()
+            got = 0
+            with anyio.move_on_after(TRICKLE_CAP):
+                got = await resolver_download(resolver, digest)
+            elapsed = time.perf_counter() - started
+    return {
+        "deadline_s": TRICKLE_DEADLINE if limits else None,
+        "seconds": elapsed,
+        "completed": got == size,
+        "blob_MiB": size / MiB,
+    }
+
+
+def tags_rss(url: str) -> dict[str, Any]:
+    """One tags() call against the hostile paginator: peak RSS growth and outcome."""
+    import resource
+
+    async def call() -> str:
+        async with HttpConnector(url) as connector:
+            try:
+                names = await connector.tags("hostile/app")
+            except Exception as exc:  # the outcome is what is measured
+                return f"{type(exc).__name__}: {str(exc)[:120]}"
+            return f"{len(names or [])} names"
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    outcome = anyio.run(call)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "rss_growth_MiB": (peak - before) / 1024,
+        "seconds": time.perf_counter() - started,
+        "outcome": outcome,
+    }
+
+
+def hostile_rows(sources: dict[str, str], size: int) -> dict[str, Any]:
+    """Both hostile measurements, for each checkout in ``sources`` (label -> src dir)."""
+    import subprocess
+
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            str(_ROOT / "tests" / "http" / "_hostile.py"),
+            "pages",
+            f"last_page={HOSTILE_PAGES}",
+            f"page_bytes={4 * MiB - 64 * 1024}",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        url = server.stdout.readline().strip()
+        rows: dict[str, Any] = {}
+        for label, src in sources.items():
+            env = {**os.environ, "DOCKERCONNECT_SRC": src}
+            script = [sys.executable, str(Path(__file__).resolve())]
+            rss = subprocess.run(
+                [*script, "--tags-rss", url], env=env, capture_output=True, text=True, check=True
+            )
+            trickle = subprocess.run(
+                [*script, "--trickle", str(size)],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            rows[label] = {
+                "tags": json.loads(rss.stdout.splitlines()[-1]),
+                "trickle": json.loads(trickle.stdout.splitlines()[-1]),
+            }
+    finally:
+        server.terminate()
+        server.wait()
+    return rows
+
+
+def hostile_markdown(rows: dict[str, Any]) -> str:
+    lines = [
+        "# HttpConnector against a hostile upstream (127.0.0.1)",
+        "",
+        f"One `tags()` call against a paginator serving {HOSTILE_PAGES} pages of 4 MiB, "
+        "each linking to a fresh next page:",
+        "",
+        "| checkout | peak RSS growth MiB | seconds | outcome |",
+        "|---|---:|---:|---|",
+    ]
+    for label, row in rows.items():
+        t = row["tags"]
+        lines.append(
+            f"| {label} | {t['rss_growth_MiB']:.0f} | {t['seconds']:.1f} | {t['outcome']} |"
+        )
+    lines += [
+        "",
+        "A Resolver gets a blob when its first connector trickles headers (1 byte per "
+        "0.5 s) and its second is the real registry:",
+        "",
+        "| checkout | deadline s | seconds to the blob | got it |",
+        "|---|---:|---:|---|",
+    ]
+    for label, row in rows.items():
+        t = row["trickle"]
+        deadline = "none" if t["deadline_s"] is None else f"{t['deadline_s']:g}"
+        got = "yes" if t["completed"] else f"no: still waiting after {TRICKLE_CAP:g} s"
+        lines.append(f"| {label} | {deadline} | {t['seconds']:.2f} | {got} |")
+    return "\n".join(lines) + "\n"
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -172,7 +361,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [
         "",
         f"Throughput ratio HttpConnector / baseline: **{result['ratio']:.2f}** "
-        f"(target >= {result['target_ratio']}).",
+        f"(target >= {result['target_ratio']}); Resolver(HttpConnector) / baseline: "
+        f"**{result['resolver_ratio']:.2f}**.",
         "",
     ]
     return "\n".join(lines)
@@ -185,7 +375,31 @@ if __name__ == "__main__":
     parser.add_argument("--repetitions", type=int, default=None)
     parser.add_argument("--backend", default="asyncio", choices=("asyncio", "trio"))
     parser.add_argument("--output", type=Path, default=None, help="directory for results")
+    parser.add_argument(
+        "--hostile",
+        action="store_true",
+        help="measure the hostile-upstream figures instead (see the module docs)",
+    )
+    parser.add_argument("--before-src", default=None, help="with --hostile: the 'before' src")
+    parser.add_argument("--tags-rss", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--trickle", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.tags_rss is not None:
+        print(json.dumps(tags_rss(args.tags_rss)))
+        raise SystemExit(0)
+    if args.trickle is not None:
+        print(json.dumps(anyio.run(trickle_failover, args.trickle)))
+        raise SystemExit(0)
+    if args.hostile:
+        sources = {"this checkout": str(_ROOT / "src")}
+        if args.before_src:
+            sources = {"before": args.before_src, **sources}
+        table = hostile_markdown(hostile_rows(sources, 4 * MiB))
+        print(table)
+        out = args.output or Path(__file__).resolve().parent / "results"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "http_hostile.md").write_text(table)
+        raise SystemExit(0)
     args.size = args.size or (16 if args.quick else 256)
     args.repetitions = args.repetitions or (3 if args.quick else 7)
     if args.output is None:

@@ -1,18 +1,19 @@
-"""Content digests and the one verifier every path uses."""
+"""Content digests: ``algorithm:encoded`` values, parsed and checked.
+
+Hashing lives in :mod:`dockerconnect._verify`; :class:`DigestVerifier` is
+re-exported from there so ``from dockerconnect._digest import DigestVerifier``
+keeps working.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import re
-from typing import TYPE_CHECKING
 
-import anyio.to_thread
 import attrs
 
-from dockerconnect.errors import DigestInvalid, DigestMismatch, SizeInvalid, Unsupported
-
-if TYPE_CHECKING:
-    from typing_extensions import Self
+from dockerconnect._verify import VERIFIED_ALGORITHMS, DigestVerifier, hashes_to, new_hash
+from dockerconnect.errors import DigestInvalid, Unsupported
 
 __all__ = ["Digest", "DigestVerifier", "as_digest"]
 
@@ -24,12 +25,8 @@ __all__ = ["Digest", "DigestVerifier", "as_digest"]
 #   encoded               ::= [a-zA-Z0-9=_-]+
 _ALGORITHM = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*")
 _ENCODED = re.compile(r"[a-zA-Z0-9=_-]+")
-_VERIFIED: dict[str, int] = {"sha256": 64, "sha512": 128}
+_VERIFIED = VERIFIED_ALGORITHMS
 _HEX = re.compile(r"[a-f0-9]+")
-
-#: Chunks at least this large are hashed in a worker thread (hashlib releases
-#: the GIL for large buffers); smaller ones are cheaper to hash inline.
-THREAD_HASH_THRESHOLD = 256 * 1024
 
 
 @attrs.frozen(slots=True, order=True)
@@ -66,7 +63,9 @@ class Digest:
         """The digest of ``data``."""
         if algorithm not in _VERIFIED:
             raise Unsupported(f"cannot compute digests with algorithm {algorithm!r}")
-        return cls(algorithm, hashlib.new(algorithm, data).hexdigest())
+        hasher = new_hash(algorithm)
+        hasher.update(data)
+        return cls(algorithm, hasher.hexdigest())
 
     @property
     def verifiable(self) -> bool:
@@ -75,19 +74,11 @@ class Digest:
 
     def hasher(self) -> hashlib._Hash:
         """A fresh hash object for this digest's algorithm."""
-        if not self.verifiable:
-            raise Unsupported(
-                f"digest algorithm {self.algorithm!r} cannot be verified "
-                f"(supported: {', '.join(sorted(_VERIFIED))})",
-                digest=str(self),
-            )
-        return hashlib.new(self.algorithm)
+        return new_hash(self.algorithm, digest=str(self))
 
     def matches(self, data: bytes) -> bool:
         """Whether ``data`` hashes to this digest."""
-        h = self.hasher()
-        h.update(data)
-        return h.hexdigest() == self.hex
+        return hashes_to(data, self)
 
     def __str__(self) -> str:
         return f"{self.algorithm}:{self.hex}"
@@ -109,78 +100,6 @@ def _check(algorithm: object, encoded: object) -> None:
             f"invalid {algorithm} digest {algorithm}:{encoded}: "
             f"expected {length} lowercase hex characters"
         )
-
-
-class DigestVerifier:
-    """Feed chunks, then check digest and size at the end.
-
-    The single place where bytes are checked against what they claim to be:
-    every store, connector and resolver path uses it. ``size`` is the expected
-    total, or ``None`` to accept any length. Exceeding the expected size fails
-    as soon as it happens, so a runaway source is cut off early.
-    """
-
-    __slots__ = ("_hash", "count", "digest", "size")
-
-    def __init__(self, digest: Digest | str, size: int | None = None) -> None:
-        self.digest = Digest.parse(digest)
-        self.size = size
-        self._hash = self.digest.hasher()
-        self.count = 0
-
-    def update(self, chunk: bytes | bytearray | memoryview) -> None:
-        """Hash ``chunk`` inline."""
-        self._account(len(chunk))
-        self._hash.update(chunk)
-
-    async def aupdate(self, chunk: bytes | bytearray | memoryview) -> None:
-        """Hash ``chunk``, in a worker thread when it is large enough to pay off."""
-        self._account(len(chunk))
-        if len(chunk) >= THREAD_HASH_THRESHOLD:
-            await anyio.to_thread.run_sync(self._hash.update, chunk)
-        else:
-            self._hash.update(chunk)
-
-    def _account(self, n: int) -> None:
-        self.count += n
-        if self.size is not None and self.count > self.size:
-            raise SizeInvalid(
-                f"content is longer than its declared size {self.size}",
-                digest=str(self.digest),
-            )
-
-    @property
-    def ok(self) -> bool:
-        """Whether what was fed so far is exactly the expected content."""
-        if self.size is not None and self.count != self.size:
-            return False
-        return self._hash.copy().hexdigest() == self.digest.hex
-
-    def verify(self) -> None:
-        """Raise unless the bytes fed are exactly the expected content.
-
-        :class:`SizeInvalid` for a wrong length, :class:`DigestMismatch` for
-        wrong bytes.
-        """
-        if self.size is not None and self.count != self.size:
-            raise SizeInvalid(
-                f"content is {self.count} bytes, expected {self.size}", digest=str(self.digest)
-            )
-        actual = self._hash.copy().hexdigest()
-        if actual != self.digest.hex:
-            raise DigestMismatch(
-                f"content hashes to {self.digest.algorithm}:{actual}, expected {self.digest}",
-                digest=str(self.digest),
-            )
-
-    def copy(self) -> Self:
-        """An independent verifier in the same state (for resuming)."""
-        other = object.__new__(type(self))
-        other.digest = self.digest
-        other.size = self.size
-        other._hash = self._hash.copy()
-        other.count = self.count
-        return other
 
 
 def as_digest(value: Digest | str) -> Digest:

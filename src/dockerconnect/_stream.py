@@ -24,12 +24,18 @@ class BlobStream:
     or a connector's name. Use it as an async context manager (or call
     :meth:`aclose`) so whatever it wraps (a file, an HTTP response) is closed
     even when it is not read to the end. A stream can be iterated once.
+
+    A consumer that verifies the bytes itself (a resolver hashing each blob
+    into its cache) calls :meth:`defer_verification` before iterating, so a
+    source that would also hash them (an ``HttpConnector`` with
+    ``verify_blobs=True``) may skip it and each byte is hashed once.
     """
 
     __slots__ = (
         "_chunks",
         "_chunks_closed",
         "_closed",
+        "_deferred",
         "_iterator",
         "digest",
         "offset",
@@ -54,11 +60,34 @@ class BlobStream:
         self._iterator: AsyncGenerator[bytes, None] | None = None
         self._closed = False
         self._chunks_closed = False
+        self._deferred = False
 
     @property
     def length(self) -> int:
         """How many bytes this stream yields: ``size - offset``."""
         return self.size - self.offset
+
+    def defer_verification(self) -> None:
+        """Say that the consumer verifies these bytes itself.
+
+        The consumer takes on the check (digest and size) that the stream's
+        source might otherwise make; a source that would verify the bytes may
+        skip it. The stream still never yields more than its length. Has an
+        effect only before iteration starts: a source already hashing keeps
+        hashing. Chunks that have a ``defer_verification()`` method of their
+        own are told.
+        """
+        if self._iterator is not None:
+            return
+        self._deferred = True
+        defer: Any = getattr(self._chunks, "defer_verification", None)
+        if defer is not None:
+            defer()
+
+    @property
+    def verification_deferred(self) -> bool:
+        """Whether :meth:`defer_verification` was called before iteration."""
+        return self._deferred
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         if self._iterator is not None:

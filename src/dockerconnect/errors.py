@@ -31,6 +31,8 @@ response without a table of its own::
         ├── TooManyRequests               TOOMANYREQUESTS         429
         ├── UpstreamDigestMismatch        DIGEST_INVALID          502
         │   (also a DigestMismatch: a connector sent wrong bytes)
+        ├── UpstreamTimeout               UNKNOWN                 504
+        ├── ListingTooLarge               UNKNOWN                 502
         └── ConnectorCycle                UNKNOWN                 508
 
 Errors carry ``repository``, ``digest`` and ``connector`` where they apply,
@@ -57,6 +59,7 @@ __all__ = [
     "DigestMismatch",
     "DockerConnectError",
     "InvalidInput",
+    "ListingTooLarge",
     "ManifestBlobUnknown",
     "ManifestInvalid",
     "ManifestUnknown",
@@ -74,6 +77,7 @@ __all__ = [
     "Unsupported",
     "UpstreamDigestMismatch",
     "UpstreamError",
+    "UpstreamTimeout",
 ]
 
 
@@ -326,3 +330,18 @@ class UpstreamDigestMismatch(UpstreamError, DigestMismatch):
     code = "DIGEST_INVALID"
     status = 502
     retryable = True
+
+
+class UpstreamTimeout(UpstreamError):
+    """An upstream did not answer within its deadline, or sent slower than its
+    minimum rate; another source may be fine."""
+
+    status = 504
+    retryable = True
+
+
+class ListingTooLarge(UpstreamError):
+    """An upstream's tag or catalog listing passed the bounds on names or bytes
+    one listing may take; it was not read further."""
+
+    retryable = False

@@ -6,6 +6,7 @@ under CI (``CI=true``) and are skipped, with the reason, elsewhere.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -73,3 +74,35 @@ def token_registry(token_server: TokenServer) -> Iterator[DistributionRegistry]:
     )
     with DistributionRegistry(token=config) as running:
         yield running
+
+
+class _CountingHash:
+    """A hash object that counts the bytes it is fed."""
+
+    def __init__(self, inner: hashlib._Hash, counter: list[int]) -> None:
+        self._inner = inner
+        self._counter = counter
+
+    def update(self, data: bytes) -> None:
+        self._counter[0] += len(data)
+        self._inner.update(data)
+
+    def copy(self) -> hashlib._Hash:
+        return self._inner.copy()
+
+    def hexdigest(self) -> str:
+        return self._inner.hexdigest()
+
+
+@pytest.fixture
+def hashed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many bytes every hash object of the library was fed."""
+    counter = [0]
+    real = hashlib.new
+
+    def counting(name: str, data: bytes = b"", **kwargs: object) -> hashlib._Hash:
+        counter[0] += len(data)
+        return _CountingHash(real(name, data, **kwargs), counter)  # type: ignore[arg-type,return-value]
+
+    monkeypatch.setattr(hashlib, "new", counting)
+    return counter

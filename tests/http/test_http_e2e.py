@@ -175,3 +175,13 @@ class TestDistributionConformance(ConnectorConformance):
         yield make
         for connector in made:
             await connector.aclose()
+
+
+async def test_referrers_without_an_api_is_none(registry: DistributionRegistry) -> None:
+    # Debian's docker-registry (distribution 2.x) has no referrers API: the
+    # caller is told to fall back to the tag schema, not "no referrers".
+    repository = _name("referrers")
+    img = random_image(seed=44)
+    await _skopeo(registry, repository, img, "v1")
+    async with HttpConnector(registry.url) as connector:
+        assert await connector.referrers(repository, img.manifest.digest) is None

@@ -258,8 +258,17 @@ class BlobFetch:
     async def _open_upstream(
         self, connector: Connector, repository: str, digest: Digest, offset: int
     ) -> BlobStream | None:
-        stream = await connector.open_blob(repository, digest, offset=offset)
-        return expect(connector, stream, BlobStream, "open_blob")
+        stream = expect(
+            connector,
+            await connector.open_blob(repository, digest, offset=offset),
+            BlobStream,
+            "open_blob",
+        )
+        if stream is not None:
+            # The flight hashes every byte itself: a stream that would verify
+            # them again may skip it, so each byte is hashed once.
+            stream.defer_verification()
+        return stream
 
     async def _transfer(
         self,

@@ -7,7 +7,17 @@ redirects to object storage without credentials, tag and catalog listing.
 """
 
 from dockerconnect.http._auth import Credentials
+from dockerconnect.http._client import Limits
 from dockerconnect.http._connector import DOCKER_HUB_URL, HttpConnector
+from dockerconnect.http._listing import ListingBounds
 from dockerconnect.http._retry import RateLimit, Retry
 
-__all__ = ["DOCKER_HUB_URL", "Credentials", "HttpConnector", "RateLimit", "Retry"]
+__all__ = [
+    "DOCKER_HUB_URL",
+    "Credentials",
+    "HttpConnector",
+    "Limits",
+    "ListingBounds",
+    "RateLimit",
+    "Retry",
+]

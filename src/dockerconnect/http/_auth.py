@@ -11,14 +11,25 @@ any) and gets ``{"token": …}`` or ``{"access_token": …}`` with an optional
 from __future__ import annotations
 
 import base64
+import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
+import anyio
 import attrs
+import httpx
 
+from dockerconnect._json import load_json
 from dockerconnect.errors import InvalidInput
+from dockerconnect.http._errors import Failures, loggable
 
-__all__ = ["Challenge", "Credentials", "TokenCache", "parse_challenges"]
+__all__ = ["Authenticator", "Challenge", "Credentials", "TokenCache", "parse_challenges"]
+
+logger = logging.getLogger("dockerconnect.http")
+
+#: ``fetch(url, authorization)``: the body of a successful ``GET url``, or a
+#: typed error. The client supplies it (it owns sending and error translation).
+TokenFetch = Callable[[httpx.URL, "str | None"], Awaitable[bytes]]
 
 #: "When omitted, this defaults to 60 seconds." (token.md, ``expires_in``)
 DEFAULT_TOKEN_LIFETIME = 60.0
@@ -148,8 +159,129 @@ class TokenCache:
                 del self._tokens[next(iter(self._tokens))]
         self._tokens[scope] = _Token(value, now + lifetime - margin)
 
-    def discard(self, scope: str, value: str | None = None) -> None:
-        """Forget the token for ``scope`` (only if it is ``value``, when given)."""
-        token = self._tokens.get(scope)
-        if token is not None and (value is None or token.value == value):
-            del self._tokens[scope]
+
+class Authenticator:
+    """What to send as ``Authorization`` for a scope, learnt from challenges.
+
+    Starts anonymous. A ``401`` with a ``Bearer`` challenge makes every later
+    request carry a token for its scope, fetched from the realm once per
+    scope (concurrent requests wait for the one fetch) and cached until it
+    expires; a ``Basic`` challenge makes it send the credentials. Credentials
+    go to a token realm only over TLS or on the registry's own host.
+    """
+
+    def __init__(
+        self,
+        failures: Failures,
+        credentials: Credentials | None,
+        home: str,
+        clock: Callable[[], float],
+        fetch: TokenFetch,
+    ) -> None:
+        self._failures = failures
+        self._credentials = credentials
+        self._home = home
+        self._fetch = fetch
+        self._tokens = TokenCache(clock)
+        self._locks: dict[str, anyio.Lock] = {}
+        # What the registry asked for the last time it challenged us: once we
+        # know, new scopes get their token before the first request, saving a
+        # round trip per repository.
+        self._bearer: Challenge | None = None
+        self._basic = False
+
+    async def authorization(self, scope: str) -> str | None:
+        """The ``Authorization`` value for a request in ``scope``, or ``None``."""
+        if self._bearer is not None:
+            token = self._tokens.get(scope)
+            if token is None:
+                token = await self._token(self._bearer, scope, scope, stale=None)
+            return f"Bearer {token}"
+        if self._basic and self._credentials is not None:
+            return self._credentials.basic()
+        return None
+
+    async def on_challenge(self, response: httpx.Response, scope: str, sent: str | None) -> bool:
+        """Learn from a 401 how to authenticate; whether trying again can help."""
+        challenges = parse_challenges(response.headers.get_list("www-authenticate"))
+        for challenge in challenges:
+            if challenge.scheme == "bearer" and challenge.realm:
+                self._bearer = challenge
+                stale = sent[len("Bearer ") :] if sent and sent.startswith("Bearer ") else None
+                asked = challenge.params.get("scope") or scope
+                await self._token(challenge, scope, asked, stale=stale, force=True)
+                return True
+        for challenge in challenges:
+            if challenge.scheme == "basic" and self._credentials is not None:
+                if sent is not None and sent.startswith("Basic "):
+                    return False  # the credentials themselves were refused
+                self._basic = True
+                return True
+        return False
+
+    async def _token(
+        self, challenge: Challenge, key: str, scope: str, *, stale: str | None, force: bool = False
+    ) -> str:
+        """Ask the realm for a token for ``scope``; cache it under ``key``.
+
+        One fetch per scope at a time: concurrent requests wait for it and
+        share its result rather than each asking the token server.
+        """
+        async with self._locks.setdefault(key, anyio.Lock()):
+            cached = self._tokens.get(key)
+            # Another task may have refreshed the token while we waited.
+            if cached is not None and (not force or cached != stale):
+                return cached
+            target = self._realm(challenge, scope)
+            authorization = None
+            if self._credentials is not None and self._may_send_credentials(target):
+                authorization = self._credentials.basic()
+            token, expires_in = self._parse(await self._fetch(target, authorization))
+            self._tokens.put(key, token, expires_in)
+            logger.debug(
+                "%s: got a token for scope %s from %s",
+                self._failures.connector,
+                scope,
+                loggable(target),
+            )
+            return token
+
+    def _realm(self, challenge: Challenge, scope: str) -> httpx.URL:
+        realm = challenge.realm or ""
+        params: dict[str, str] = {}
+        if "service" in challenge.params:
+            params["service"] = challenge.params["service"]
+        if scope:
+            params["scope"] = scope
+        # A realm httpx cannot parse raises InvalidURL, which the client (the
+        # one place httpx exceptions are caught) turns into an UpstreamError.
+        target = httpx.URL(realm)
+        if target.scheme not in ("http", "https") or not target.host:
+            raise self._failures.error(f"token realm {loggable(realm)!r} is not an http(s) URL")
+        return target.copy_merge_params(params)
+
+    def _parse(self, raw: bytes) -> tuple[str, float | None]:
+        try:
+            doc = load_json(raw)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict):
+            raise self._failures.error("token server answered something other than JSON")
+        token = doc.get("token") or doc.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise self._failures.error("token server answered without a token")
+        if not (token.isascii() and token.isprintable()):
+            # RFC 6750 b64token: it must fit in an Authorization header as is.
+            raise self._failures.error("token server answered a token that is not printable ASCII")
+        expires_in = doc.get("expires_in")
+        if isinstance(expires_in, bool) or not isinstance(expires_in, (int, float)):
+            return token, None
+        if not expires_in > 0:
+            return token, None
+        return token, float(expires_in)
+
+    def _may_send_credentials(self, target: httpx.URL) -> bool:
+        # Basic credentials are sent to a token realm only over TLS, or to the
+        # registry's own host (a plain-http registry for local development):
+        # never in clear text to a third host.
+        return target.scheme == "https" or target.host == self._home

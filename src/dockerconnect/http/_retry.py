@@ -73,7 +73,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return seconds
 
 
-_QUOTA = re.compile(r"\s*(\d+)\s*(?:;\s*w\s*=\s*(\d+))?")
+# ASCII digits, and few enough for int(): "²" is a \d, and int() refuses 4,300 digits.
+_QUOTA = re.compile(r"\s*([0-9]{1,18})\s*(?:;\s*w\s*=\s*([0-9]{1,18}))?", re.ASCII)
 
 
 @attrs.frozen(slots=True)

@@ -64,7 +64,15 @@ def test_all_is_pinned() -> None:
         assert hasattr(dockerconnect, name), name
 
 
-HTTP_PUBLIC = {"DOCKER_HUB_URL", "Credentials", "HttpConnector", "RateLimit", "Retry"}
+HTTP_PUBLIC = {
+    "DOCKER_HUB_URL",
+    "Credentials",
+    "HttpConnector",
+    "Limits",
+    "ListingBounds",
+    "RateLimit",
+    "Retry",
+}
 
 TESTING_PUBLIC = {
     "BlobStoreConformance",

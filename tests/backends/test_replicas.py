@@ -3,14 +3,23 @@ one Redis database: what one takes in, every other serves."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from pathlib import Path
 
+import anyio
 import pytest
-from backend_servers import MotoServer, RedisServer, unique
+from backend_servers import MotoServer, RedisServer, require, unique
 
 from dockerconnect import CachingPolicy, Resolver
-from dockerconnect.testing import CountingConnector, FakeUpstream, random_image
+from dockerconnect.testing import (
+    CountingConnector,
+    DistributionRegistry,
+    FakeUpstream,
+    push_content,
+    random_image,
+)
 
 pytest.importorskip("aiobotocore")
 pytest.importorskip("redis")
@@ -107,3 +116,60 @@ async def test_cached_by_one_is_not_fetched_again_by_another(replicas: Replicas)
                     assert await stream.read() == data
     # The fresh tag, the manifest and every blob came from Redis and S3.
     assert dict(hub.calls) == fetched
+
+
+# --- the guide's replica program, run as written --------------------------------
+
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "guides" / "replicas.md"
+
+
+def guide_block(first_line: str) -> str:
+    """The guide's ```python block that starts with ``first_line``."""
+    text = GUIDE.read_text(encoding="utf-8")
+    for block in re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL):
+        if block.startswith(first_line):
+            return str(block)
+    raise AssertionError(f"no block starting {first_line!r} in {GUIDE}")
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_the_guides_replica_program(
+    backend: str,
+    moto_server: MotoServer,
+    bucket: str,
+    redis_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    require(
+        "docker-registry (CNCF distribution)",
+        DistributionRegistry.available(),
+        "apt-get install docker-registry",
+    )
+    code = guide_block("# replica.py")
+    image = random_image(seed=3)
+    with DistributionRegistry() as upstream:
+        anyio.run(push_content, upstream.url, "library/alpine", image, backend=backend)
+        monkeypatch.setenv("DOCKERCONNECT_REDIS_URL", redis_server.url)
+        monkeypatch.setenv("DOCKERCONNECT_S3_BUCKET", bucket)
+        monkeypatch.setenv("DOCKERCONNECT_S3_ENDPOINT", moto_server.url)
+        monkeypatch.setenv("DOCKERCONNECT_UPSTREAM", upstream.url)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", moto_server.access_key)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", moto_server.secret_key)
+        monkeypatch.setenv("AWS_REGION", moto_server.region)
+        first: dict[str, object] = {"__name__": "replica"}
+        exec(compile(code, str(GUIDE), "exec"), first)
+        anyio.run(first["main"], backend=backend)  # type: ignore[arg-type]
+    # The upstream is gone: a second replica serves the tag from the shared state.
+    second: dict[str, object] = {"__name__": "replica"}
+    exec(compile(code, str(GUIDE), "exec"), second)
+    anyio.run(second["main"], backend=backend)  # type: ignore[arg-type]
+    printed = capsys.readouterr().out.split()
+    assert printed == [str(image.manifest.digest)] * 2
+    held = moto_server.client().list_objects_v2(Bucket=bucket).get("Contents", [])
+    assert held == []  # the program pulled a manifest only: no blob was fetched
+    import redis
+
+    with redis.Redis.from_url(redis_server.url) as client:
+        assert client.hexists("registry-cache:tags:library/alpine", "latest")
+        client.delete(*client.keys("registry-cache:*"))

@@ -5,13 +5,13 @@ Layout: the blob with digest ``sha256:<hex>`` is the object
 
 Writes stream. Bytes are hashed as they are written and sent in parts of
 ``part_size`` bytes (S3 requires at least 5 MiB for every part but the
-last) through a multipart upload, so memory stays at about one part per
-writer whatever the blob's size. ``commit()`` checks digest and size first:
-only verified content completes the upload, and an upload that is not
-completed is aborted. S3 shows nothing under a key until its multipart
-upload completes, so a reader never sees a partial or unverified blob. A
-blob smaller than one part is sent in a single ``PutObject`` at commit,
-after verification.
+last) through a multipart upload, one part uploading while the next fills,
+so memory stays at about two parts per writer whatever the blob's size.
+``commit()`` checks digest and size first: only verified content completes
+the upload, and an upload that is not completed is aborted. S3 shows
+nothing under a key until its multipart upload completes, so a reader never
+sees a partial or unverified blob. A blob smaller than one part is sent in
+a single ``PutObject`` at commit, after verification.
 
 The client is aiobotocore, the same code that runs against AWS S3, MinIO
 and Ceph RGW. aiobotocore runs only on asyncio, so the store keeps it on a
@@ -23,6 +23,7 @@ works on asyncio and trio alike.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -332,6 +333,11 @@ class S3BlobStore:
             raise self._translate(error, "UploadPart", key) from error
         return str(response["ETag"])
 
+    async def _spawn_part(
+        self, key: str, upload_id: str, number: int, data: bytes
+    ) -> asyncio.Task[str]:
+        return asyncio.ensure_future(self._upload_part(key, upload_id, number, data))
+
     async def _complete(self, key: str, upload_id: str, etags: list[str]) -> None:
         client = await self._client()
         parts = [{"ETag": etag, "PartNumber": n} for n, etag in enumerate(etags, start=1)]
@@ -390,9 +396,22 @@ class S3BlobStore:
 
 
 class _S3Writer:
-    """Hashes what it is given and sends it on in parts of ``store.part_size`` bytes."""
+    """Hashes what it is given and sends it on in parts of ``store.part_size`` bytes.
 
-    __slots__ = ("_buffer", "_etags", "_key", "_state", "_store", "_upload_id", "_verifier")
+    One part uploads while the next fills: the writer holds at most the part
+    in flight, the part filling and the write in hand.
+    """
+
+    __slots__ = (
+        "_buffer",
+        "_etags",
+        "_in_flight",
+        "_key",
+        "_state",
+        "_store",
+        "_upload_id",
+        "_verifier",
+    )
 
     def __init__(self, store: S3BlobStore, verifier: DigestVerifier) -> None:
         self._store = store
@@ -401,6 +420,8 @@ class _S3Writer:
         self._buffer = bytearray()
         self._upload_id: str | None = None
         self._etags: list[str] = []
+        # The part uploading now: an asyncio task on the store's loop thread.
+        self._in_flight: asyncio.Task[str] | None = None
         self._state = "open"
 
     @property
@@ -421,7 +442,9 @@ class _S3Writer:
             raise
 
     async def _send(self, part: bytes) -> None:
+        """Start uploading ``part`` once the part before it has landed."""
         run = self._store._thread.run
+        await self._land()
         if self._upload_id is None:
             self._upload_id = await run(self._store._start_upload, self._key)
         if len(self._etags) >= MAX_PARTS:
@@ -431,9 +454,15 @@ class _S3Writer:
                 digest=str(self._verifier.digest),
             )
         number = len(self._etags) + 1
-        self._etags.append(
-            await run(self._store._upload_part, self._key, self._upload_id, number, part)
+        self._in_flight = await run(
+            self._store._spawn_part, self._key, self._upload_id, number, part
         )
+
+    async def _land(self) -> None:
+        """Wait for the part in flight, if any, and record its ETag."""
+        task, self._in_flight = self._in_flight, None
+        if task is not None:
+            self._etags.append(await self._store._thread.run(_join, task))
 
     async def commit(self) -> Descriptor:
         check_writable(self._state, self._verifier.digest)
@@ -447,6 +476,7 @@ class _S3Writer:
             else:
                 if self._buffer:
                     await self._send(bytes(self._buffer))
+                await self._land()
                 await run(self._store._complete, self._key, self._upload_id, self._etags)
                 self._upload_id = None
         except BaseException:
@@ -465,9 +495,23 @@ class _S3Writer:
         if self._state in ("open", "committing"):
             self._state = "closed"
         self._buffer.clear()
+        task, self._in_flight = self._in_flight, None
+        if task is not None:
+            await self._store._thread.run(_cancel, task)
         upload_id, self._upload_id = self._upload_id, None
         if upload_id is not None:
             await self._store._thread.run(self._store._abort, self._key, upload_id)
+
+
+async def _join(task: asyncio.Task[str]) -> str:
+    return await task
+
+
+async def _cancel(task: asyncio.Task[str]) -> None:
+    task.cancel()
+    # Whatever it ended with is moot: the upload is being aborted.
+    with contextlib.suppress(BaseException):
+        await task
 
 
 class _NoSuchBucket(Exception):

@@ -17,7 +17,6 @@ finished when the caller sees the cancellation.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -96,18 +95,34 @@ class AsyncioThread:
         loop = self._ensure_loop()
         done = anyio.Event()
         wake = _waker(done)
-        future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(func(*args), loop)
-        future.add_done_callback(lambda _: wake())
+        # Written on the loop thread before ``wake`` runs, read here after it.
+        tasks: list[asyncio.Task[T]] = []
+
+        def start() -> None:
+            task = loop.create_task(func(*args))
+            # A done callback fires however the task ends, even if it is
+            # cancelled before its first step.
+            task.add_done_callback(lambda _: wake())
+            tasks.append(task)
+
+        def cancel() -> None:
+            tasks[0].cancel()
+
+        loop.call_soon_threadsafe(start)
         try:
             await done.wait()
         except BaseException:
-            # Cancelled (or interrupted): cancel the call over there and let
-            # it unwind before the caller moves on.
-            future.cancel()
+            # Cancelled (or interrupted): cancel the call over there and wait
+            # until it has unwound, so its cleanup is over when we move on.
+            # ``start`` ran before ``cancel``: the loop runs callbacks in order.
+            loop.call_soon_threadsafe(cancel)
             with anyio.CancelScope(shield=True):
                 await done.wait()
             raise
-        return future.result()
+        task = tasks[0]
+        if task.cancelled():
+            raise RuntimeError(f"the call was cancelled on {self.name}'s loop")
+        return task.result()
 
     async def aclose(self, cleanup: Callable[[], Coroutine[Any, Any, None]] | None = None) -> None:
         """Run ``cleanup`` on the loop (if it ever started), then stop the loop.

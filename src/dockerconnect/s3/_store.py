@@ -35,10 +35,9 @@ import anyio
 from dockerconnect._asyncio_thread import AsyncioThread
 from dockerconnect._descriptor import Descriptor
 from dockerconnect._digest import Digest, DigestVerifier
-from dockerconnect._memory import check_offset, check_size, check_writable
 from dockerconnect._protocols import BLOB_MEDIA_TYPE, BlobWriter
 from dockerconnect._stream import CHUNK_SIZE, BlobStream
-from dockerconnect.errors import InvalidInput, RangeInvalid, StorageError
+from dockerconnect.errors import BlobUploadInvalid, InvalidInput, RangeInvalid, StorageError
 
 try:
     import aiobotocore.session  # type: ignore[import-untyped]
@@ -155,7 +154,7 @@ class S3BlobStore:
 
     async def open(self, digest: Digest, *, offset: int = 0) -> BlobStream | None:
         digest = Digest.parse(digest)
-        check_offset(offset, None, digest)
+        _check_offset(offset, digest)
         got = await self._thread.run(self._get, self.key(digest), offset)
         if got is None:
             return None
@@ -170,7 +169,7 @@ class S3BlobStore:
         self, digest: Digest, size: int | None = None
     ) -> AbstractAsyncContextManager[BlobWriter]:
         # Validated here, so bad input fails at the call rather than at ``async with``.
-        verifier = DigestVerifier(Digest.parse(digest), check_size(size))
+        verifier = DigestVerifier(Digest.parse(digest), _check_size(size))
         return self._ingest(verifier)
 
     async def delete(self, digest: Digest) -> bool:
@@ -429,7 +428,7 @@ class _S3Writer:
         return self._verifier.count
 
     async def write(self, data: bytes) -> None:
-        check_writable(self._state, self._verifier.digest)
+        _check_writable(self._state, self._verifier.digest)
         try:
             await self._verifier.aupdate(data)
             self._buffer += data
@@ -465,7 +464,7 @@ class _S3Writer:
             self._etags.append(await self._store._thread.run(_join, task))
 
     async def commit(self) -> Descriptor:
-        check_writable(self._state, self._verifier.digest)
+        _check_writable(self._state, self._verifier.digest)
         run = self._store._thread.run
         try:
             # Verified before anything becomes visible under the key.
@@ -512,6 +511,29 @@ async def _cancel(task: asyncio.Task[str]) -> None:
     # Whatever it ended with is moot: the upload is being aborted.
     with contextlib.suppress(BaseException):
         await task
+
+
+# The same checks, with the same errors, as the shipped stores make.
+
+
+def _check_offset(offset: int, digest: Digest) -> None:
+    if isinstance(offset, bool) or not isinstance(offset, int):
+        raise RangeInvalid(f"offset must be an integer, not {type(offset).__name__}")
+    if offset < 0:
+        raise RangeInvalid(f"offset {offset} is negative", digest=str(digest))
+
+
+def _check_size(size: int | None) -> int | None:
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+        raise InvalidInput(f"blob size must be a non-negative integer or None, not {size!r}")
+    return size
+
+
+def _check_writable(state: str, digest: Digest) -> None:
+    if state != "open":
+        raise BlobUploadInvalid(
+            f"the blob writer is {state}; start a new ingest", digest=str(digest)
+        )
 
 
 class _NoSuchBucket(Exception):

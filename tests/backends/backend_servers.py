@@ -75,6 +75,7 @@ class MotoServer:
     def __init__(self, workdir: Path) -> None:
         self.port = free_port()
         self.log = workdir / "moto.log"
+        self._client: Any = None
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
@@ -89,7 +90,13 @@ class MotoServer:
         return f"http://127.0.0.1:{self.port}"
 
     def client(self) -> Any:
-        """A synchronous boto3 client, for test set-up and inspection."""
+        """A synchronous boto3 client, for test set-up and inspection (made once:
+        making one costs more than most requests)."""
+        if self._client is None:
+            self._client = self._make_client()
+        return self._client
+
+    def _make_client(self) -> Any:
         import boto3
 
         return boto3.client(

@@ -211,3 +211,25 @@ def test_misconfiguration(kwargs: dict[str, Any], message: str) -> None:
 def test_no_bucket() -> None:
     with pytest.raises(InvalidInput, match="bucket"):
         S3BlobStore("")
+
+
+@pytest.mark.anyio
+async def test_streams_closed_unread_release_their_connection(
+    moto_server: MotoServer, bucket: str
+) -> None:
+    # One connection in the pool: a stream that kept it would starve the next.
+    data = random_blob(3 << 20, 5)
+    digest = Digest.from_bytes(data)
+    async with S3BlobStore(bucket, max_connections=1, **moto_server.store_args()) as store:
+        async with store.ingest(digest, len(data)) as writer:
+            await writer.write(data)
+            await writer.commit()
+        with anyio.fail_after(60):
+            for offset in (0, 7, 0, 7):
+                stream = await store.open(digest, offset=offset)
+                assert stream is not None
+                await stream.aclose()  # never iterated
+            stream = await store.open(digest, offset=len(data) - 3)
+            assert stream is not None
+            async with stream:
+                assert await stream.read() == data[-3:]

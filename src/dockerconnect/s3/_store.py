@@ -163,7 +163,7 @@ class S3BlobStore:
             raise RangeInvalid(
                 f"offset {offset} is outside the blob's {size} bytes", digest=str(digest)
             )
-        return BlobStream(digest, size, self._chunks(body), offset=offset, source=self.name)
+        return BlobStream(digest, size, _Body(self, body), offset=offset, source=self.name)
 
     def ingest(
         self, digest: Digest, size: int | None = None
@@ -381,17 +381,38 @@ class S3BlobStore:
             return StorageError(f"cannot reach S3 at {where} for {operation}: {error}")
         return StorageError(f"S3 {operation} of {self.bucket}/{key} failed: {error}")
 
-    # --- streams --------------------------------------------------------------------------
 
-    async def _chunks(self, body: Any) -> AsyncIterator[bytes]:
-        if body is None:
-            return
-        try:
-            while chunk := await self._thread.run(self._read, body):
-                yield chunk
-        finally:
+class _Body:
+    """A GET response's body as chunks of at most ``CHUNK_SIZE`` bytes.
+
+    Not an async generator: ``aclose()`` must release the connection even
+    when the stream is closed before it was ever iterated (an async
+    generator that never started skips its ``finally``).
+    """
+
+    __slots__ = ("_body", "_store")
+
+    def __init__(self, store: S3BlobStore, body: Any) -> None:
+        self._store = store
+        self._body = body
+
+    def __aiter__(self) -> _Body:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._body is None:
+            raise StopAsyncIteration
+        chunk = await self._store._thread.run(self._store._read, self._body)
+        if not chunk:
+            await self.aclose()
+            raise StopAsyncIteration
+        return chunk
+
+    async def aclose(self) -> None:
+        body, self._body = self._body, None
+        if body is not None:
             with anyio.CancelScope(shield=True):
-                await self._thread.run(self._close_body, body)
+                await self._store._thread.run(self._store._close_body, body)
 
 
 class _S3Writer:

@@ -143,6 +143,9 @@ async def fetch_through(
         if lease is None:
             await coordinator.wait(digest)
             continue
+        if await store.stat(digest) is not None:  # committed since we looked
+            await coordinator.release(lease, committed=True)
+            continue
         async with coordinator.keep(lease):
             source = await upstream.open_blob("app", digest)
             assert source is not None
@@ -153,7 +156,7 @@ async def fetch_through(
                         # Gone without a word: no commit, no release.
                         raise _Died
                 await writer.commit()
-            await coordinator.release(lease, committed=True)
+        await coordinator.release(lease, committed=True)
 
 
 class _Died(Exception):

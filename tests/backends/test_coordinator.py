@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 import anyio
 import pytest
 from backend_servers import RedisServer, unique
+from replica_worker import guide_fetch
 
 from dockerconnect._digest import Digest
 from dockerconnect._memory import MemoryBlobStore
@@ -218,3 +219,42 @@ async def test_shared_misses(make: Make) -> None:
 def test_misconfiguration(bad: dict[str, object]) -> None:
     with pytest.raises(InvalidInput):
         RedisFetchCoordinator(**bad)  # type: ignore[arg-type]
+
+
+class _LooksTooEarly:
+    """A store whose first ``open`` answers as it did just before another
+    replica's commit: absent."""
+
+    def __init__(self, inner: MemoryBlobStore) -> None:
+        self.inner = inner
+        self.early = True
+
+    async def open(self, digest: Digest, *, offset: int = 0) -> object:
+        if self.early:
+            self.early = False
+            return None
+        return await self.inner.open(digest, offset=offset)
+
+    async def stat(self, digest: Digest) -> object:
+        return await self.inner.stat(digest)
+
+
+@pytest.mark.anyio
+async def test_the_guides_fetch_looks_again_after_taking_the_lease(make: Make) -> None:
+    # Another replica committed the blob and let go between this replica's
+    # first look and its lease: the lease is free, the blob is there.
+    data = random_blob(1000, 3)
+    fake = FakeUpstream("hub")
+    digest = fake.add_blob("app", data)
+    upstream = CountingConnector(fake)
+    shared = MemoryBlobStore()
+    async with shared.ingest(digest, len(data)) as writer:
+        await writer.write(data)
+        await writer.commit()
+    coordinator = make()
+    stream = await guide_fetch()(coordinator, _LooksTooEarly(shared), upstream, "app", digest)
+    async with stream:
+        assert await stream.read() == data
+    assert upstream.calls["open_blob"] == 0
+    assert await coordinator.acquire(digest) is not None  # released, and marked committed
+    assert await coordinator.wait(digest) == "committed"

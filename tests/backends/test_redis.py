@@ -153,6 +153,25 @@ async def test_racing_replicas_keep_the_listing_true(redis_server: RedisServer) 
 
 
 @pytest.mark.anyio
+async def test_more_callers_than_connections_wait_their_turn(redis_server: RedisServer) -> None:
+    image = random_image(seed=7).manifest
+    got: list[Manifest | None] = []
+    async with RedisManifestStore(
+        redis_server.url, prefix=unique("pool") + ":", max_connections=2
+    ) as store:
+        await store.put_manifest("app", image)
+
+        async def get() -> None:
+            got.append(await store.get_manifest("app", image.digest))
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for _ in range(40):
+                    tg.start_soon(get)
+    assert got == [image] * 40
+
+
+@pytest.mark.anyio
 async def test_unreachable_redis_is_a_storage_error() -> None:
     async with RedisManifestStore(f"redis://127.0.0.1:{free_port()}/0") as store:
         with pytest.raises(StorageError) as info:

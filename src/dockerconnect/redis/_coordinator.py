@@ -44,7 +44,7 @@ import attrs
 from dockerconnect._asyncio_thread import AsyncioThread
 from dockerconnect._digest import Digest
 from dockerconnect.errors import InvalidInput, StorageError
-from dockerconnect.redis._store import _redacted
+from dockerconnect.redis._store import _redacted, connect
 
 try:
     import redis.asyncio
@@ -104,6 +104,7 @@ class RedisFetchCoordinator:
         poll_interval: float = 0.1,
         committed_ttl: float = 300.0,
         owner: str | None = None,
+        max_connections: int = 32,
     ) -> None:
         if not isinstance(url, str) or "://" not in url:
             raise InvalidInput(
@@ -121,6 +122,7 @@ class RedisFetchCoordinator:
         self.lease_ttl = float(lease_ttl)
         self.poll_interval = float(poll_interval)
         self.committed_ttl = float(committed_ttl)
+        self.max_connections = max_connections
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
         self._thread = AsyncioThread(f"RedisFetchCoordinator({_redacted(url)})")
         # Touched only on the loop thread.
@@ -269,7 +271,7 @@ class RedisFetchCoordinator:
 
     def _client(self) -> redis.asyncio.Redis:
         if self._redis is None:
-            self._redis = redis.asyncio.Redis.from_url(self.url)
+            self._redis = connect(self.url, max_connections=self.max_connections)
         return self._redis
 
     async def _close(self) -> None:

@@ -273,7 +273,7 @@ class RedisManifestStore:
 
     def _client(self) -> redis.asyncio.Redis:
         if self._redis is None:
-            self._redis = redis.asyncio.Redis.from_url(self.url, **self._options)
+            self._redis = connect(self.url, **self._options)
         return self._redis
 
     async def _close(self) -> None:
@@ -321,6 +321,29 @@ class RedisManifestStore:
         if isinstance(error, redis.exceptions.TimeoutError | asyncio.TimeoutError):
             return StorageError(f"Redis at {where} timed out ({command})")
         return StorageError(f"Redis {command} at {where} failed: {error}")
+
+
+def connect(
+    url: str,
+    *,
+    max_connections: int = 32,
+    socket_timeout: float | None = 30.0,
+    socket_connect_timeout: float | None = 30.0,
+) -> redis.asyncio.Redis:
+    """A client whose pool makes callers wait for a free connection.
+
+    redis-py's default pool raises "Too many connections" once
+    ``max_connections`` are busy; a cache under load should queue instead
+    (for up to ``socket_timeout`` seconds).
+    """
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=socket_timeout,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=socket_connect_timeout,
+    )
+    return redis.asyncio.Redis.from_pool(pool)
 
 
 def _decode_manifest(value: bytes, digest: Digest, repository: str) -> Manifest:

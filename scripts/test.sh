@@ -5,10 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Real components for the end-to-end tests: CNCF distribution and skopeo.
+# Real components for the end-to-end tests: CNCF distribution, skopeo, redis-server.
 missing=()
 command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if ((${#missing[@]})); then
     echo "installing Debian packages: ${missing[*]}"
     SUDO=""
@@ -19,7 +20,7 @@ fi
 
 PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev,docs]' 2>&1 \
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev,docs,s3,redis]' 2>&1 \
     | grep -v "^WARNING: Location" || true
 
 echo "== ruff"

@@ -132,3 +132,21 @@ def test_public_names() -> None:
         "WaitOutcome",
         "referrer_descriptor",
     ]
+
+
+def test_one_thread_serves_callers_on_both_backends_in_turn() -> None:
+    thread = AsyncioThread("both")
+
+    async def double(n: int) -> int:
+        await asyncio.sleep(0)
+        return 2 * n
+
+    async def caller(n: int) -> int:
+        return await thread.run(double, n)
+
+    try:
+        assert anyio.run(caller, 1, backend="asyncio") == 2
+        assert anyio.run(caller, 2, backend="trio") == 4
+        assert anyio.run(caller, 3, backend="asyncio") == 6
+    finally:
+        anyio.run(thread.aclose)

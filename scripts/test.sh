@@ -5,12 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Real components for the end-to-end tests: CNCF distribution, skopeo and
-# podman (logging in to and pushing through dockerconnect serve).
+# Real components for the tests: CNCF distribution (the upstream), skopeo,
+# podman and umoci as clients, and redis-server (regctl is in ../shared/tools).
 missing=()
-command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
-command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
-command -v podman >/dev/null 2>&1 || missing+=(podman)
+for tool in docker-registry skopeo podman umoci redis-server; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
 if ((${#missing[@]})); then
     echo "installing Debian packages: ${missing[*]}"
     SUDO=""
@@ -21,7 +21,7 @@ fi
 
 PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev,docs]' 2>&1 \
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev,docs,s3,redis]' 2>&1 \
     | grep -v "^WARNING: Location" || true
 
 echo "== ruff"

@@ -145,6 +145,12 @@ def test_in_front_of_docker_registry_the_tag_schema_is_used(
     assert sorted(listed(regctl, server.address).values()) == sorted(
         [SPDX, SIG, "application/x-local"]
     )
+    # The operator's view: where each referrer resolves.
+    report = server.json("GET", "/_dockerconnect/check/app/v1?referrers=true")
+    assert report["ok"]
+    where = {e.get("artifactType"): e["location"] for e in report["entries"]}
+    assert where["application/x-local"] == "local"  # pushed here
+    assert where[SPDX] is not None and where[SIG] is not None  # here or upstream
     assert "Traceback" not in server.log_text()
 
 

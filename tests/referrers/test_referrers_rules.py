@@ -8,6 +8,8 @@ and bad input. What reached each upstream is counted.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import anyio
 import pytest
 from _referrer_helpers import (
@@ -25,6 +27,9 @@ from dockerconnect import (
     OCI_MANIFEST,
     CachingPolicy,
     Descriptor,
+    FilesystemBlobStore,
+    FilesystemManifestStore,
+    HealthPolicy,
     MemoryBlobStore,
     MemoryManifestStore,
     RegistryConnector,
@@ -362,3 +367,45 @@ def test_eager_referrers_needs_eager() -> None:
     assert CachingPolicy().referrers_ttl == 300.0
     with pytest.raises(InvalidInput):
         CachingPolicy(referrers_ttl=-1)
+
+
+async def test_filesystem_referrers_survive_a_restart(tmp_path: Path) -> None:
+    image = random_image(seed=34)
+    sbom = artifact(image.manifest, SBOM, seed=35)
+
+    def on_disk() -> Resolver:
+        return Resolver(
+            "local",
+            manifests=FilesystemManifestStore(tmp_path / "manifests"),
+            blobs=FilesystemBlobStore(tmp_path / "blobs"),
+        )
+
+    async with on_disk() as r:
+        await push(r, "app", sbom)
+    async with on_disk() as r:
+        assert await r.referrers("app", image.manifest.digest) == [sbom.manifest.referrer()]
+        await r.delete_manifest("app", str(sbom.manifest.digest))
+    async with on_disk() as r:
+        assert await r.referrers("app", image.manifest.digest) == []
+
+
+async def test_a_connector_that_is_down_is_not_asked_and_its_answer_is_served_stale() -> None:
+    clock = Clock()
+    image = random_image(seed=36)
+    sig = artifact(image.manifest, SIG, seed=37)
+    upstream = ApiUpstream("api")
+    upstream.add("app", sig)
+    policy = CachingPolicy(referrers_ttl=1.0)
+    health = HealthPolicy(failures=1, open_for=60.0)
+    async with resolver(upstream, clock=clock, policy=policy, health=health) as r:
+        assert await r.referrers("app", image.manifest.digest) == [sig.manifest.referrer()]
+        upstream.faults.fail = True
+        clock.now += 2.0
+        assert await r.referrers("app", image.manifest.digest) == [sig.manifest.referrer()]
+        assert r.health["api"].state == "down"
+        clock.now += 2.0
+        assert await r.referrers("app", image.manifest.digest) == [sig.manifest.referrer()]
+        assert r.stats.stale_serves == 2
+        assert r.stats.health_skips["api"] == 1
+    # The second stale serve cost no request: the connector was down.
+    assert upstream.calls["referrers"] == 2

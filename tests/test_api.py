@@ -43,6 +43,7 @@ PUBLIC = {
     "Platform",
     "Reference",
     "ReferrersIndex",
+    "ReferrersSource",
     "Registry",
     "RegistryConnector",
     "Resolver",

@@ -54,6 +54,19 @@ class Extended:
         return [d for d in self._referrers if artifact_type in (None, d.artifact_type)]
 
 
+class WithoutReferrers:
+    """A Registry wrapper that hides ``referrers``, as a registry without it."""
+
+    def __init__(self, inner: Registry) -> None:
+        self._inner = inner
+        self.name = inner.name
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "referrers":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
 async def test_a_manifest_pushed_by_sha512_is_answered_in_sha512(tmp_path: Path) -> None:
     image = random_image(seed=31)
     async with serve(tmp_path) as env:
@@ -102,7 +115,8 @@ async def test_referrers_with_and_without_a_filter(tmp_path: Path) -> None:
     sig = Descriptor(OCI_MANIFEST, Digest.from_bytes(b"b"), 11, artifact_type="application/sig")
     async with serve(tmp_path) as env:
         # A registry without referrers: 404, so clients use the tag schema.
-        oci_error(await env.client.get(f"/v2/app/referrers/{subject}"), 404, "UNKNOWN")
+        async with serve(tmp_path / "c", registry=WithoutReferrers(env.resolver)) as bare:
+            oci_error(await bare.client.get(f"/v2/app/referrers/{subject}"), 404, "UNKNOWN")
         registry = Extended(env.resolver, [sbom, sig])
         async with serve(tmp_path / "b", registry=registry) as sub:
             r = await sub.client.get(f"/v2/app/referrers/{subject}")

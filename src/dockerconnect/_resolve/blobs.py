@@ -39,6 +39,7 @@ from dockerconnect.errors import (
     ResolverClosed,
     UpstreamDigestMismatch,
     UpstreamError,
+    UpstreamTimeout,
 )
 
 __all__ = ["BlobFetch"]
@@ -157,8 +158,18 @@ class BlobFetch:
 
     async def location(self, repository: str, digest: Digest) -> str | None:
         """Where the blob is: here, a connector's name, or ``None``. Nothing is cached."""
-        if await self.store.stat(digest) is not None:
-            return self.owner
+        found = await self._locate(repository, digest)
+        return None if found is None else found[0]
+
+    async def find(self, repository: str, digest: Digest) -> Descriptor | None:
+        """The blob's descriptor, from here or the first connector that has it; uncached."""
+        found = await self._locate(repository, digest)
+        return None if found is None else found[1]
+
+    async def _locate(self, repository: str, digest: Digest) -> tuple[str, Descriptor] | None:
+        local = await self.store.stat(digest)
+        if local is not None:
+            return self.owner, local
 
         async def ask(connector: Connector) -> Descriptor | None:
             found = await connector.stat_blob(repository, digest)
@@ -173,7 +184,7 @@ class BlobFetch:
                 self._ctx.sources.failed(connector, exc, str(digest))
                 continue
             if found is not None:
-                return connector.name
+                return connector.name, found
         return None
 
     # -- copying here ------------------------------------------------------------
@@ -325,10 +336,11 @@ class BlobFetch:
     ) -> None:
         """Pump ``stream``; when it breaks, resume from the first byte not yet received.
 
-        A broken transfer is resumed from the same connector; a stalled one
-        from the next connector that has the blob (content is addressed by
-        digest: any source's bytes at an offset are the same bytes, and the
-        whole is verified at the end). While no reader has been let in, a
+        A broken transfer is resumed from the same connector; a stalled or
+        timed-out one (:class:`Stalled`, ``UpstreamTimeout``) from the next
+        connector that has the blob (content is addressed by digest: any
+        source's bytes at an offset are the same bytes, and the whole is
+        verified at the end). While no reader has been let in, a
         stall fails the transfer instead, and the next source starts afresh.
         """
         resumes = 0
@@ -337,7 +349,9 @@ class BlobFetch:
                 await self._pump(flight, connector, stream, sink)
                 return
             except UpstreamError as exc:
-                stalled = isinstance(exc, Stalled)
+                # Too slow (our stall limit, or the connector's own deadline or
+                # minimum rate): the same source would be as slow again.
+                stalled = isinstance(exc, (Stalled, UpstreamTimeout))
                 if isinstance(exc, DigestMismatch) or resumes >= MAX_RESUMES:
                     raise
                 if stalled and flight.replaceable:

@@ -53,6 +53,15 @@ def needed(manifest: Manifest) -> Iterable[Descriptor]:
     return (*manifest.manifests, *manifest.blobs())
 
 
+def _check_child(ref: Descriptor, child: Manifest) -> None:
+    """``ManifestInvalid`` unless a child manifest has the size its index declares.
+
+    The child is found by ``ref``'s digest (of any algorithm), so only the
+    size is compared, against the child's exact bytes.
+    """
+    ref.check_held(Descriptor(ref.media_type, ref.digest, len(child.data)))
+
+
 async def walk(
     root: Manifest,
     visit: Visit,
@@ -106,32 +115,43 @@ class Walks:
         self, repository: str, ref: Descriptor, pin: bool, missing: list[Descriptor]
     ) -> Manifest | None:
         manifests = self._manifests
-        if await manifests.store.get_manifest(repository, ref.digest) is not None:
+        local = await manifests.store.get_manifest(repository, ref.digest)
+        if local is not None:
+            _check_child(ref, local)
             return None
         if not pin:
-            location, _ = await manifests.location(repository, ref.digest)
-            if location is None:
+            location, found = await manifests.location(repository, ref.digest)
+            if location is None or found is None:
                 missing.append(ref)
+            else:
+                _check_child(ref, found)
             return None
         try:
             fetched = (await manifests.resolve(repository, ref.digest)).manifest
         except NotFound:
             missing.append(ref)
             return None
+        _check_child(ref, fetched)
         await manifests.store.put_manifest(repository, fetched)
         return fetched
 
     async def _needed_blob(
         self, repository: str, ref: Descriptor, pin: bool, missing: list[Descriptor]
     ) -> None:
+        """Whether a referenced blob resolves, and has the size the manifest declares."""
         blobs = self._blobs
-        if is_foreign(ref) or await blobs.store.stat(ref.digest) is not None:
+        if is_foreign(ref):
             return
-        if pin:
-            if not await blobs.pin(repository, ref.digest):
-                missing.append(ref)
-        elif await blobs.location(repository, ref.digest) is None:
+        held = await blobs.store.stat(ref.digest)
+        if held is None and pin:
+            if await blobs.pin(repository, ref.digest):
+                held = await blobs.store.stat(ref.digest)
+        elif held is None:
+            held = await blobs.find(repository, ref.digest)
+        if held is None:
             missing.append(ref)
+        else:
+            ref.check_held(held)
 
     async def report(self, repository: str, manifest: Manifest) -> IntegrityReport:
         """Where each reference resolves: here, a connector, or nowhere. Caches nothing."""

@@ -158,13 +158,11 @@ class BlobFetch:
 
     async def location(self, repository: str, digest: Digest) -> str | None:
         """Where the blob is: here, a connector's name, or ``None``. Nothing is cached."""
-        found = await self._locate(repository, digest)
-        return None if found is None else found[0]
+        return found[0] if (found := await self._locate(repository, digest)) else None
 
     async def find(self, repository: str, digest: Digest) -> Descriptor | None:
         """The blob's descriptor, from here or the first connector that has it; uncached."""
-        found = await self._locate(repository, digest)
-        return None if found is None else found[1]
+        return found[1] if (found := await self._locate(repository, digest)) else None
 
     async def _locate(self, repository: str, digest: Digest) -> tuple[str, Descriptor] | None:
         local = await self.store.stat(digest)

@@ -11,6 +11,7 @@ data): the push resolves them like any other.
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 from _resolve_helpers import make_resolver
@@ -84,3 +85,33 @@ async def test_an_index_with_sha512_children_resolves_them() -> None:
         assert (await r.get_manifest("app", str(sha512))).data == image.manifest.data
         report = await r.check("app", "multi")
         assert report.ok
+
+
+# -- INFO logs: cache misses and eager caching (docs/guides/server.md, "Logs") -------------
+
+
+async def test_cache_misses_and_eager_progress_are_logged_at_info(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    image = random_image(seed=74)
+    upstream = FakeUpstream("up")
+    upstream.add("app", image, tag="v1")
+    with caplog.at_level(logging.INFO, logger="dockerconnect.resolver"):
+        async with make_resolver(upstream, policy=CachingPolicy(eager=True)) as r:
+            await r.get_manifest("app", "v1")
+            await r.wait_idle()
+            await r.get_manifest("app", "v1")  # a hit: no new line
+    misses = [m.getMessage() for m in caplog.records if m.name == "dockerconnect.resolver.misses"]
+    assert misses[0] == (
+        f"cache miss: manifest app:v1 ({image.manifest.digest}, {image.manifest.size} bytes) "
+        "from 'up'"
+    )
+    assert len(misses) == 1 + len(image.blobs)
+    for digest, blob in image.blobs.items():
+        assert f"cache miss: blob {digest} ({len(blob)} bytes) from 'up'" in misses
+    eager = [m.getMessage() for m in caplog.records if m.name == "dockerconnect.resolver.eager"]
+    assert eager[0] == f"eager caching app@{image.manifest.digest}: started"
+    assert eager[1].startswith(
+        f"eager caching app@{image.manifest.digest}: done, 0 child manifests and "
+        f"{len(image.blobs)} blobs in "
+    )

@@ -45,6 +45,8 @@ from dockerconnect.errors import (
 __all__ = ["BlobFetch"]
 
 log = logging.getLogger("dockerconnect.resolver")
+#: INFO: each blob fetched through a connector (a cache miss).
+misses = logging.getLogger("dockerconnect.resolver.misses")
 
 #: How many times a broken upstream transfer is resumed before giving up.
 MAX_RESUMES = 5
@@ -290,6 +292,7 @@ class BlobFetch:
         digest = flight.digest
         size = stream.size
         cache = pin or self._ctx.policy_for(connector.name).caches_blob(size)
+        _log_miss(digest, size, connector.name, cache)
         try:
             async with AsyncExitStack() as stack:
                 stack.push_async_callback(stream.aclose)
@@ -456,6 +459,11 @@ class BlobFetch:
             )
         await together(lambda: flight.append(chunk), lambda: sink(chunk))
         self._ctx.stats.received(connector.name, len(chunk))
+
+
+def _log_miss(digest: Digest, size: int, connector: str, cache: bool) -> None:
+    policy = "" if cache else " (not cached: policy)"
+    misses.info("cache miss: blob %s (%d bytes) from %r%s", digest, size, connector, policy)
 
 
 def _skip(flight: BlobFlight, connector: Connector, stream: BlobStream) -> int:

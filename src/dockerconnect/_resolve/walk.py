@@ -26,6 +26,8 @@ from dockerconnect.errors import DockerConnectError, NotFound
 __all__ = ["EAGER_CONCURRENCY", "Visit", "Walks", "everything", "is_foreign", "needed", "walk"]
 
 log = logging.getLogger("dockerconnect.resolver")
+#: INFO: each eager walk's start and end (what it visited, how long it took).
+eager_log = logging.getLogger("dockerconnect.resolver.eager")
 
 #: Blobs and child manifests fetched at once by eager caching, per resolver.
 EAGER_CONCURRENCY = 4
@@ -175,20 +177,31 @@ class Walks:
         Child manifests and blobs share one limit (:data:`EAGER_CONCURRENCY`),
         so a large index never crowds out other requests to the connector.
         """
+        counts = {"children": 0, "blobs": 0}
+        started = anyio.current_time()
+        eager_log.info("eager caching %s@%s: started", repository, manifest.digest)
         try:
             with entered(self._owner):
                 async with anyio.create_task_group() as tg:
 
                     async def visit(parent: Manifest, ref: Descriptor) -> Manifest | None:
                         if ref in parent.manifests:
+                            counts["children"] += 1
                             return await self._eager_child(repository, ref, policy)
                         if not is_foreign(ref):
+                            counts["blobs"] += 1
                             tg.start_soon(self._eager_blob, repository, ref.digest)
                         return None
 
                     await walk(manifest, visit, follow=needed)
         except Exception:
             log.exception("eager caching of %s@%s failed", repository, manifest.digest)
+            return
+        eager_log.info(
+            "eager caching %s@%s: done, %d child manifests and %d blobs in %.1fs",
+            repository, manifest.digest, counts["children"], counts["blobs"],
+            anyio.current_time() - started,
+        )  # fmt: skip
 
     async def _eager_child(
         self, repository: str, child: Descriptor, policy: CachingPolicy

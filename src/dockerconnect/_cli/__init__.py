@@ -36,7 +36,7 @@ from dockerconnect._cli._config import (
     load_config,
     log_level,
 )
-from dockerconnect.errors import DockerConnectError
+from dockerconnect.errors import DockerConnectError, StorageError
 
 __all__ = ["ConfigError", "build_app", "build_resolver", "main", "parse_serve"]
 
@@ -195,10 +195,17 @@ def build_resolver(config: ServeConfig) -> Resolver:
         spool.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"--store: cannot create {spool}: {exc.strerror}") from None
+    try:
+        manifests, blobs = (
+            FilesystemManifestStore(store),
+            FilesystemBlobStore(store, name=config.name),
+        )
+    except StorageError as exc:
+        raise ConfigError(f"--store: {exc.message}") from None
     return Resolver(
         config.name,
-        manifests=FilesystemManifestStore(store),
-        blobs=FilesystemBlobStore(store, name=config.name),
+        manifests=manifests,
+        blobs=blobs,
         connectors=connectors,
         policy=config.policy,
         overrides=overrides,

@@ -136,10 +136,8 @@ CASES = [
     ),
     Case(
         "health",
-        "[health]\nfailures = 3",
-        "health: not supported in this version of dockerconnect "
-        f"({dockerconnect.__version__} has no HealthPolicy); remove the section",
-        when=not hasattr(dockerconnect, "HealthPolicy"),
+        "[health]\nfailures = -1",
+        "health.failures: must be a non-negative number, not -1",
     ),
     Case(
         "toml",

@@ -418,3 +418,10 @@ def test_dockerconnect_export_runs_export_main(tmp_path: Path) -> None:
     )  # fmt: skip
     assert bad.returncode == 2
     assert "dockerconnect export: error: nothing to export from" in bad.stderr
+
+
+def test_the_health_section_reaches_the_resolver(tmp_path: Path) -> None:
+    (tmp_path / "serve.toml").write_text("[health]\nfailures = 5\nopen_for = 2.5\n")
+    resolver = build_resolver(parse_serve(["--config", str(tmp_path / "serve.toml")]))
+    policy = resolver._sources.health.policy
+    assert policy == dockerconnect.HealthPolicy(failures=5, open_for=2.5)

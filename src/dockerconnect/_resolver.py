@@ -321,7 +321,9 @@ class Resolver:
 
         Content that resolves only through a connector is accepted (as ProGet
         does); with ``pin_on_push`` it is copied here first. Otherwise
-        ``ManifestBlobUnknown`` lists what resolves nowhere. A manifest's
+        ``ManifestBlobUnknown`` lists what resolves nowhere, and a reference
+        whose declared size is not its content's real size is
+        ``ManifestInvalid`` (no client could pull it). A manifest's
         ``subject`` need not exist (OCI distribution-spec, "Pushing Manifests
         with Subject"). ``tag`` may also be a digest (a push by digest):
         the bytes must hash to it (``DigestMismatch`` otherwise), and no tag

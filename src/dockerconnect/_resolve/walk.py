@@ -41,6 +41,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("dockerconnect.resolver")
+#: INFO: each eager walk's start and end (what it visited, how long it took).
+eager_log = logging.getLogger("dockerconnect.resolver.eager")
 
 #: Blobs and child manifests fetched at once by eager caching, per resolver.
 EAGER_CONCURRENCY = 4
@@ -70,6 +72,15 @@ def everything(manifest: Manifest) -> Iterable[Descriptor]:
 def needed(manifest: Manifest) -> Iterable[Descriptor]:
     """What a pull of the manifest needs: an index's children, an image's blobs."""
     return (*manifest.manifests, *manifest.blobs())
+
+
+def _check_child(ref: Descriptor, child: Manifest) -> None:
+    """``ManifestInvalid`` unless a child manifest has the size its index declares.
+
+    The child is found by ``ref``'s digest (of any algorithm), so only the
+    size is compared, against the child's exact bytes.
+    """
+    ref.check_held(Descriptor(ref.media_type, ref.digest, len(child.data)))
 
 
 async def walk(
@@ -133,32 +144,43 @@ class Walks:
         self, repository: str, ref: Descriptor, pin: bool, missing: list[Descriptor]
     ) -> Manifest | None:
         manifests = self._manifests
-        if await manifests.store.get_manifest(repository, ref.digest) is not None:
+        local = await manifests.store.get_manifest(repository, ref.digest)
+        if local is not None:
+            _check_child(ref, local)
             return None
         if not pin:
-            location, _ = await manifests.location(repository, ref.digest)
-            if location is None:
+            location, found = await manifests.location(repository, ref.digest)
+            if location is None or found is None:
                 missing.append(ref)
+            else:
+                _check_child(ref, found)
             return None
         try:
             fetched = (await manifests.resolve(repository, ref.digest)).manifest
         except NotFound:
             missing.append(ref)
             return None
+        _check_child(ref, fetched)
         await manifests.store.put_manifest(repository, fetched)
         return fetched
 
     async def _needed_blob(
         self, repository: str, ref: Descriptor, pin: bool, missing: list[Descriptor]
     ) -> None:
+        """Whether a referenced blob resolves, and has the size the manifest declares."""
         blobs = self._blobs
-        if is_foreign(ref) or await blobs.store.stat(ref.digest) is not None:
+        if is_foreign(ref):
             return
-        if pin:
-            if not await blobs.pin(repository, ref.digest):
-                missing.append(ref)
-        elif await blobs.location(repository, ref.digest) is None:
+        held = await blobs.store.stat(ref.digest)
+        if held is None and pin:
+            if await blobs.pin(repository, ref.digest):
+                held = await blobs.store.stat(ref.digest)
+        elif held is None:
+            held = await blobs.find(repository, ref.digest)
+        if held is None:
             missing.append(ref)
+        else:
+            ref.check_held(held)
 
     async def report(
         self, repository: str, manifest: Manifest, *, referrers: bool = False
@@ -247,6 +269,9 @@ class Walks:
         With ``eager_referrers``, the referrers of the manifest and of each
         child it cached (and theirs) are cached too, with their blobs.
         """
+        counts = {"children": 0, "blobs": 0}
+        started = anyio.current_time()
+        eager_log.info("eager caching %s@%s: started", repository, manifest.digest)
         try:
             with entered(self._owner):
                 async with anyio.create_task_group() as tg:
@@ -254,11 +279,13 @@ class Walks:
 
                     async def visit(parent: Manifest, ref: Descriptor) -> Manifest | None:
                         if ref in parent.manifests:
+                            counts["children"] += 1
                             child = await self._eager_child(repository, ref, policy)
                             if child is not None:
                                 subjects.append(child.digest)
                             return child
                         if not is_foreign(ref):
+                            counts["blobs"] += 1
                             tg.start_soon(self._eager_blob, repository, ref.digest)
                         return None
 
@@ -274,6 +301,12 @@ class Walks:
                         )
         except Exception:
             log.exception("eager caching of %s@%s failed", repository, manifest.digest)
+            return
+        eager_log.info(
+            "eager caching %s@%s: done, %d child manifests and %d blobs in %.1fs",
+            repository, manifest.digest, counts["children"], counts["blobs"],
+            anyio.current_time() - started,
+        )  # fmt: skip
 
     async def _eager_child(
         self, repository: str, child: Descriptor, policy: CachingPolicy

@@ -468,6 +468,21 @@ def _registry_url(
     credentials (user info in the URL counts, unless others are given) and
     whether it is Docker Hub. ``InvalidInput`` for anything that is not an
     http(s) URL with a valid host and port."""
+    parsed = _parse_url(url)
+    if parsed.userinfo:
+        if credentials is None:
+            credentials = Credentials(parsed.username, parsed.password)
+        parsed = parsed.copy_with(username=None, password=None)
+    hub = parsed.host in _DOCKER_HUB_HOSTS
+    if hub:
+        parsed = httpx.URL(DOCKER_HUB_URL)
+    return parsed.copy_with(query=None, fragment=None), credentials, hub
+
+
+def _parse_url(url: str) -> httpx.URL:
+    """``url`` parsed, ``https://`` when it names no scheme; ``InvalidInput``
+    for anything that is not an http(s) URL with a valid host and port and
+    without the API path."""
     if not isinstance(url, str):
         raise InvalidInput(f"registry URL must be a string, not {type(url).__name__}")
     base = url.strip()
@@ -491,11 +506,4 @@ def _registry_url(
             f"registry URL {loggable(base)!r} has the API path {parsed.path!r} in it: "
             f"give the registry's base URL, {loggable(str(base_url)).rstrip('/')}"
         )
-    if parsed.userinfo:
-        if credentials is None:
-            credentials = Credentials(parsed.username, parsed.password)
-        parsed = parsed.copy_with(username=None, password=None)
-    hub = parsed.host in _DOCKER_HUB_HOSTS
-    if hub:
-        parsed = httpx.URL(DOCKER_HUB_URL)
-    return parsed.copy_with(query=None, fragment=None), credentials, hub
+    return parsed

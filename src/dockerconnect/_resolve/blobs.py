@@ -63,6 +63,7 @@ class BlobFetch:
         self._ctx = context
         self.owner = context.owner
         self.store = store
+        self.usage = context.usage
         self._spool_dir = spool_dir
         self._flights: dict[tuple[Digest, tuple[int, ...]], BlobFlight] = {}
 
@@ -81,6 +82,7 @@ class BlobFetch:
         local = await self.store.stat(digest)
         if local is not None:
             self._ctx.stats.hit(self.owner)
+            self._ctx.usage.used_blob(digest)
             return local
         flight = self._flight(digest)
         if flight is not None and flight.size is not None and flight.error is None:
@@ -115,6 +117,8 @@ class BlobFetch:
             local = await self.store.open(digest, offset=offset)
             if local is not None:
                 self._ctx.stats.hit(self.owner)
+                self._ctx.usage.used_blob(digest)
+                self._ctx.stats.emit("served", item="blob", digest=digest, size=local.size)
                 return self._counted(local, offset, self.owner)
         flight = self._flight(digest)
         if flight is not None:
@@ -142,6 +146,7 @@ class BlobFetch:
                 # in: read the store, but say where the bytes came from.
                 local = await self.store.open(flight.digest, offset=offset)
                 if local is not None:
+                    self._ctx.usage.used_blob(flight.digest)
                     flight.release()
                     return self._counted(local, offset, flight.source)
         except BaseException:
@@ -281,6 +286,8 @@ class BlobFetch:
         digest = flight.digest
         size = stream.size
         cache = pin or self._ctx.policy_for(connector.name).caches_blob(size)
+        if pin:
+            await self._ctx.usage.pushed_blob(digest)  # before the ingest: never a cache
         try:
             async with AsyncExitStack() as stack:
                 stack.push_async_callback(stream.aclose)
@@ -294,6 +301,8 @@ class BlobFetch:
                     )
                     await self._pump_resuming(repository, flight, connector, stream, writer.write)
                     await writer.commit()
+                    if not pin:  # marked after the commit (so its time is the clock's)
+                        await self._ctx.usage.cached_blob(digest, connector.name)
                 else:
                     verifier = DigestVerifier(digest, size)
                     await flight.begin(size, connector.name)
@@ -311,6 +320,10 @@ class BlobFetch:
                 digest=digest,
                 repository=repository,
             ) from exc
+        stats = self._ctx.stats
+        stats.emit("fetched", connector=connector.name, item="blob", digest=digest, size=size)
+        if cache:
+            stats.emit("cached", connector=connector.name, item="blob", digest=digest, size=size)
 
     async def _reopen(self, digest: Digest, offset: int) -> BlobStream | None:
         return await self.store.open(digest, offset=offset)

@@ -106,6 +106,9 @@ class Walks:
         self, repository: str, ref: Descriptor, pin: bool, missing: list[Descriptor]
     ) -> Manifest | None:
         manifests = self._manifests
+        if pin:
+            # Marked before it is stored (or if it is held already as a cache).
+            await manifests.usage.pushed_manifest(repository, ref.digest)
         if await manifests.store.get_manifest(repository, ref.digest) is not None:
             return None
         if not pin:
@@ -125,7 +128,12 @@ class Walks:
         self, repository: str, ref: Descriptor, pin: bool, missing: list[Descriptor]
     ) -> None:
         blobs = self._blobs
-        if is_foreign(ref) or await blobs.store.stat(ref.digest) is not None:
+        if is_foreign(ref):
+            return
+        if pin:
+            # Pinned from now on, also if it is held already as a cache.
+            await blobs.usage.pushed_blob(ref.digest)
+        if await blobs.store.stat(ref.digest) is not None:
             return
         if pin:
             if not await blobs.pin(repository, ref.digest):

@@ -79,9 +79,11 @@ async def test_pushed_content_survives_any_bounds(stores: Stores) -> None:
         cached_data = b"cached only" * 100
         cached = hub.add_blob("app", cached_data)
         assert await read_all(await r.open_blob("app", cached)) == cached_data
+        await r.wait_idle()  # past max_bytes=0: pruned at once, in the background
         clock.advance(10_000)
         report = await r.prune()
-        assert report == PruneReport(1, 0, len(cached_data), 0)
+        assert report.kept_bytes == 0
+        assert r.stats.pruned_blobs == 1 and r.stats.pruned_bytes == len(cached_data)
         assert await r.blobs.stat(cached) is None
         for digest in (*pushed.blobs, *upstream_image.blobs):
             assert await r.blobs.stat(digest) is not None
@@ -97,20 +99,30 @@ async def test_least_recently_used_goes_first_until_within_max_bytes(stores: Sto
     clock = Clock()
     retention = RetentionPolicy(max_bytes=2000, interval=None)
     async with _resolver(stores, counted, clock=clock, retention=retention) as r:
-        for digest in digests:  # cached at t, t+1, t+2, t+3
-            await read_all(await r.open_blob("app", digest))
+
+        async def pull(i: int) -> None:
+            assert await read_all(await r.open_blob("app", digests[i])) == datas[i]
+            await r.wait_idle()  # a prune started past max_bytes has run
             clock.advance(1)
-        await read_all(await r.open_blob("app", digests[0]))  # used again: most recent
-        report = await r.prune()
-        assert (report.removed_blobs, report.freed_bytes, report.kept_bytes) == (2, 2000, 2000)
+
+        await pull(0)
+        await pull(1)
+        await pull(0)  # used again: now more recent than 1
+        assert r.stats.prunes == 1  # the first cached blob had it learn the size
+        await pull(2)  # 3000 bytes: past max_bytes, the least recently used goes
         held = [await r.blobs.stat(d) is not None for d in digests]
-        assert held == [True, False, False, True]
+        assert held == [True, False, True, False]
+        assert r.stats.pruned_blobs == 1 and r.stats.cached_bytes == 2000
         counted.reset()
-        for digest, data in zip(digests, datas, strict=True):
-            assert await read_all(await r.open_blob("app", digest)) == data
-        # Only the two removed blobs were fetched again.
-        assert counted.opened == {digests[1]: 1, digests[2]: 1}
-        assert r.stats.pruned_blobs == 2 and r.stats.cached_bytes == 2000
+        await pull(0)
+        await pull(2)
+        assert counted.opened == {}  # both were kept: no upstream request
+        report = await r.prune()
+        assert report == PruneReport(0, 0, 0, 2000)
+        await pull(3)  # 0 is now the least recently used
+        held = [await r.blobs.stat(d) is not None for d in digests]
+        assert held == [False, False, True, True]
+        assert counted.opened == {digests[3]: 1}
 
 
 async def test_max_idle_removes_only_what_was_unused_for_that_long(stores: Stores) -> None:
@@ -139,13 +151,14 @@ async def test_a_blob_being_read_is_read_to_its_end_whole(stores: Stores) -> Non
     data = os.urandom(3 * 1024 * 1024 + 7)
     digest = hub.add_blob("app", data)
     clock = Clock()
-    retention = RetentionPolicy(max_bytes=0, interval=None)
+    retention = RetentionPolicy(max_idle=60.0, interval=None)
     async with _resolver(stores, hub, clock=clock, retention=retention) as r:
         await read_all(await r.open_blob("app", digest))
         stream = await r.open_blob("app", digest)
         async with stream:
             chunks = aiter(stream)
             got = [await anext(chunks)]
+            clock.advance(120)
             report = await r.prune()
             assert report.removed_blobs == 1
             assert await r.blobs.stat(digest) is None
@@ -187,11 +200,12 @@ async def test_events_and_the_store_without_a_usage_log() -> None:
         lambda: (MemoryManifestStore(), MemoryBlobStore()),
         hub,
         clock=clock,
-        retention=RetentionPolicy(max_bytes=0, interval=None),
+        retention=RetentionPolicy(max_idle=1.0, interval=None),
         observers=[Seen()],
     ) as r:
         await read_all(await r.open_blob("app", digest))
         await read_all(await r.open_blob("app", digest))
+        clock.advance(10)
         await r.prune()
     kinds = [e.kind for e in seen]
     assert kinds == ["fetched", "cached", "served", "pruned"]

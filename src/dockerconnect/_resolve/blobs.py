@@ -302,7 +302,7 @@ class BlobFetch:
                     await self._pump_resuming(repository, flight, connector, stream, writer.write)
                     await writer.commit()
                     if not pin:  # marked after the commit (so its time is the clock's)
-                        await self._ctx.usage.cached_blob(digest, connector.name)
+                        await self._ctx.usage.cached_blob(digest, connector.name, size)
                 else:
                     verifier = DigestVerifier(digest, size)
                     await flight.begin(size, connector.name)

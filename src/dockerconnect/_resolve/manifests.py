@@ -156,7 +156,9 @@ class Manifests:
         self._ctx.stats.emit("fetched", **fields)
         if policy.cache_manifests:
             await self.store.put_manifest(repository, manifest)
-            await self._ctx.usage.cached_manifest(repository, manifest.digest, connector.name)
+            await self._ctx.usage.cached_manifest(
+                repository, manifest.digest, connector.name, manifest.size
+            )
             self._ctx.stats.emit("cached", **fields)
             if isinstance(ref, str):
                 existing = await self.store.get_tag(repository, ref)

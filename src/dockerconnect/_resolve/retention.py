@@ -10,7 +10,9 @@ does no I/O: the uses are written in batches by :meth:`UsageMarks.flush`,
 every :data:`FLUSH_EVERY` seconds and before each prune.
 
 :class:`Retention` prunes: idle content first (unused for ``max_idle``),
-then least recently used until the cached bytes are at most ``max_bytes``.
+then least recently used until the cached bytes are at most ``max_bytes``,
+every ``interval`` and also as soon as what was cached since the last prune
+takes the cache past ``max_bytes``.
 It asks the stores to remove each item only if it is *still* unused since
 the time it was listed (``remove_cached(unused_since=...)``), so a use, an
 ingest or another process's prune racing it keeps the item or is counted
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -104,6 +106,8 @@ class UsageMarks:
         *,
         clock: Callable[[], float] = lambda: 0.0,
     ) -> None:
+        #: Told the size of each item marked cached (retention's running estimate).
+        self.on_cached: Callable[[int], None] = lambda size: None
         self.blobs: UsageLog | None = blobs if isinstance(blobs, UsageLog) else None
         self.manifests: ManifestUsageLog | None = (
             manifests if isinstance(manifests, ManifestUsageLog) else None
@@ -114,12 +118,14 @@ class UsageMarks:
         if self.blobs is not None:
             await self.blobs.mark(digest, source=None, at=self._clock())
 
-    async def cached_blob(self, digest: Digest, source: str) -> None:
+    async def cached_blob(self, digest: Digest, source: str, size: int) -> None:
         if self.blobs is not None:
             try:
                 await self.blobs.mark(digest, source=source, at=self._clock())
             except DockerConnectError as exc:
                 log.warning("could not mark blob %s as cached (it is kept): %s", digest, exc)
+                return
+            self.on_cached(size)
 
     def used_blob(self, digest: Digest) -> None:
         if self.blobs is not None:
@@ -129,7 +135,9 @@ class UsageMarks:
         if self.manifests is not None:
             await self.manifests.mark_manifest(repository, digest, source=None, at=self._clock())
 
-    async def cached_manifest(self, repository: str, digest: Digest, source: str) -> None:
+    async def cached_manifest(
+        self, repository: str, digest: Digest, source: str, size: int
+    ) -> None:
         if self.manifests is not None:
             try:
                 at = self._clock()
@@ -141,6 +149,8 @@ class UsageMarks:
                     digest,
                     exc,
                 )
+                return
+            self.on_cached(size)
 
     def used_manifest(self, repository: str, digest: Digest) -> None:
         if self.manifests is not None:
@@ -169,6 +179,7 @@ class Retention:
         manifests: ManifestStore,
         clock: Callable[[], float],
         stats: ResolverStats,
+        spawn: Callable[[Callable[[], Awaitable[Any]]], None],
     ) -> None:
         if policy is not None and not isinstance(policy, RetentionPolicy):
             raise InvalidInput("retention must be a RetentionPolicy or None")
@@ -185,11 +196,42 @@ class Retention:
         self._blobs = blobs
         self._clock = clock
         self._stats = stats
+        self._spawn = spawn
         self._lock = anyio.Lock()
+        # Cached bytes as of the last prune plus what was cached since (None:
+        # not known yet); past max_bytes, a prune starts at once.
+        self._estimate: int | None = None
+        self._prune_pending = False
+        marks.on_cached = self._cached
 
     def reset(self) -> None:
         """A fresh lock for a fresh event loop (the resolver was entered again)."""
         self._lock = anyio.Lock()
+        self._estimate, self._prune_pending = None, False
+
+    def _cached(self, size: int) -> None:
+        """``size`` more bytes were cached: prune in the background once past ``max_bytes``.
+
+        So the cache exceeds its bound by at most what is being fetched while
+        the prune runs, not by a whole ``interval`` of pulls.
+        """
+        if self.policy is None or self.policy.max_bytes is None:
+            return
+        if self._estimate is not None:
+            self._estimate += size
+            if self._estimate <= self.policy.max_bytes:
+                return
+        if not self._prune_pending:
+            self._prune_pending = True
+            self._spawn(self._prune_soon)
+
+    async def _prune_soon(self) -> None:
+        try:
+            await self.prune()
+        except DockerConnectError as exc:
+            log.error("prune past max_bytes failed: %s", exc)
+        finally:
+            self._prune_pending = False
 
     async def prune(self) -> PruneReport:
         """Remove idle, then least recently used, cached content; see the module docs."""
@@ -202,6 +244,7 @@ class Retention:
         self._stats.pruned_manifests += report.removed_manifests
         self._stats.pruned_bytes += report.freed_bytes
         self._stats.cached_bytes = report.kept_bytes
+        self._estimate = report.kept_bytes
         if report.removed_blobs or report.removed_manifests:
             log.info(
                 "pruned %d blobs and %d manifests (%d bytes); %d cached bytes kept",

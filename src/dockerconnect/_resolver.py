@@ -153,7 +153,7 @@ class Resolver:
         self._usage = UsageMarks(blobs, manifests, clock=self._now)
         self._retention = Retention(
             retention, self._usage, blobs=blobs, manifests=manifests, clock=self._now,
-            stats=self.stats, spawn=self._tasks.spawn,
+            stats=self.stats,
         )  # fmt: skip
         context = Context(
             name, self._sources, self._tasks, self.stats, self._now, self.policy_for, self._usage

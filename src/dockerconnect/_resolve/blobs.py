@@ -300,9 +300,13 @@ class BlobFetch:
                         reopen=functools.partial(self._reopen, digest),
                     )
                     await self._pump_resuming(repository, flight, connector, stream, writer.write)
-                    await writer.commit()
-                    if not pin:  # marked after the commit (so its time is the clock's)
-                        await self._ctx.usage.cached_blob(digest, connector.name, size)
+                    if pin:
+                        await writer.commit()
+                    else:
+                        async with self._ctx.usage.room(size):  # retention's admission
+                            await writer.commit()
+                            # Marked after the commit (so its time is the clock's).
+                            await self._ctx.usage.cached_blob(digest, connector.name, size)
                 else:
                     verifier = DigestVerifier(digest, size)
                     await flight.begin(size, connector.name)

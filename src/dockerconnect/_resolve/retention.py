@@ -12,7 +12,8 @@ every :data:`FLUSH_EVERY` seconds and before each prune.
 :class:`Retention` prunes: idle content first (unused for ``max_idle``),
 then least recently used until the cached bytes are at most ``max_bytes``,
 every ``interval`` and also as soon as what was cached since the last prune
-takes the cache past ``max_bytes``.
+would take the cache past ``max_bytes`` (admission: room is made before a
+blob is committed, so the bound holds at every moment).
 It asks the stores to remove each item only if it is *still* unused since
 the time it was listed (``remove_cached(unused_since=...)``), so a use, an
 ingest or another process's prune racing it keeps the item or is counted
@@ -23,7 +24,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import anyio
@@ -108,6 +110,8 @@ class UsageMarks:
     ) -> None:
         #: Told the size of each item marked cached (retention's running estimate).
         self.on_cached: Callable[[int], None] = lambda size: None
+        #: Makes room for a blob about to be cached (retention's admission).
+        self.room: Callable[[int], AbstractAsyncContextManager[None]] = _no_room
         self.blobs: UsageLog | None = blobs if isinstance(blobs, UsageLog) else None
         self.manifests: ManifestUsageLog | None = (
             manifests if isinstance(manifests, ManifestUsageLog) else None
@@ -164,7 +168,16 @@ class UsageMarks:
             await self.manifests.flush()
 
 
+@asynccontextmanager
+async def _no_room(size: int) -> AsyncIterator[None]:
+    yield
+
+
 _Item = CachedBlob | CachedManifest
+
+#: An admission prune (to make room for a blob) goes down to this share of
+#: ``max_bytes``, so that the next blobs find room without a prune of their own.
+LOW_WATER = 0.9
 
 
 class Retention:
@@ -179,7 +192,6 @@ class Retention:
         manifests: ManifestStore,
         clock: Callable[[], float],
         stats: ResolverStats,
-        spawn: Callable[[Callable[[], Awaitable[Any]]], None],
     ) -> None:
         if policy is not None and not isinstance(policy, RetentionPolicy):
             raise InvalidInput("retention must be a RetentionPolicy or None")
@@ -196,13 +208,14 @@ class Retention:
         self._blobs = blobs
         self._clock = clock
         self._stats = stats
-        self._spawn = spawn
         self._lock = anyio.Lock()
         # Cached bytes as of the last prune plus what was cached since (None:
-        # not known yet); past max_bytes, a prune starts at once.
+        # not known yet), and bytes of blobs being committed that made room.
         self._estimate: int | None = None
-        self._prune_pending = False
+        self._reserved = 0
+        self._cached_total = 0  # bytes cached by this resolver, ever
         marks.on_cached = self._cached
+        marks.room = self._room
 
     def reset(self) -> None:
         """A fresh lock for a fresh event loop (the resolver was entered again)."""
@@ -210,41 +223,52 @@ class Retention:
         self._estimate, self._prune_pending = None, False
 
     def _cached(self, size: int) -> None:
-        """``size`` more bytes were cached: prune in the background once past ``max_bytes``.
-
-        So the cache exceeds its bound by at most what is being fetched while
-        the prune runs, not by a whole ``interval`` of pulls.
-        """
-        if self.policy is None or self.policy.max_bytes is None:
-            return
+        self._cached_total += size
         if self._estimate is not None:
             self._estimate += size
-            if self._estimate <= self.policy.max_bytes:
-                return
-        if not self._prune_pending:
-            self._prune_pending = True
-            self._spawn(self._prune_soon)
 
-    async def _prune_soon(self) -> None:
+    @asynccontextmanager
+    async def _room(self, size: int) -> AsyncIterator[None]:
+        """Around a blob's commit: make room for ``size`` bytes first (admission).
+
+        With ``max_bytes``, the committed cached bytes plus those reserved by
+        commits in progress stay within the bound: a blob that would take the
+        cache past it has least recently used content removed first (down to
+        :data:`LOW_WATER` of the bound), so the cache never holds more than
+        ``max_bytes``, save for content in use that could not be removed.
+        """
+        bound = None if self.policy is None else self.policy.max_bytes
+        if bound is None:
+            yield
+            return
+        async with self._lock:
+            if self._estimate is None or self._estimate + self._reserved + size > bound:
+                target = min(bound - size, int(bound * LOW_WATER)) - self._reserved
+                await self._prune_locked(self.policy, max(0, target))  # type: ignore[arg-type]
+            self._reserved += size
         try:
-            await self.prune()
-        except DockerConnectError as exc:
-            log.error("prune past max_bytes failed: %s", exc)
+            yield
         finally:
-            self._prune_pending = False
+            self._reserved -= size
 
     async def prune(self) -> PruneReport:
         """Remove idle, then least recently used, cached content; see the module docs."""
         if self._marks.blobs is None:
             raise Unsupported(_cannot_prune(self._blobs))
         async with self._lock:
-            report = await self._prune(self.policy or RetentionPolicy(interval=None))
+            policy = self.policy or RetentionPolicy(interval=None)
+            return await self._prune_locked(policy, policy.max_bytes)
+
+    async def _prune_locked(self, policy: RetentionPolicy, max_bytes: int | None) -> PruneReport:
+        before = self._cached_total
+        report = await self._prune(policy, max_bytes)
+        # What was cached while this prune ran may not have been listed.
+        self._estimate = report.kept_bytes + self._cached_total - before
         self._stats.prunes += 1
         self._stats.pruned_blobs += report.removed_blobs
         self._stats.pruned_manifests += report.removed_manifests
         self._stats.pruned_bytes += report.freed_bytes
         self._stats.cached_bytes = report.kept_bytes
-        self._estimate = report.kept_bytes
         if report.removed_blobs or report.removed_manifests:
             log.info(
                 "pruned %d blobs and %d manifests (%d bytes); %d cached bytes kept",
@@ -255,7 +279,7 @@ class Retention:
             )
         return report
 
-    async def _prune(self, policy: RetentionPolicy) -> PruneReport:
+    async def _prune(self, policy: RetentionPolicy, max_bytes: int | None) -> PruneReport:
         await self._marks.flush()
         now = self._clock()
         items: list[_Item] = list(await self._listed())
@@ -271,11 +295,11 @@ class Retention:
                     kept.append(item)
         else:
             kept = items
-        if policy.max_bytes is not None:
+        if max_bytes is not None:
             total = sum(i.size for i in kept)
             survivors: list[_Item] = []
             for index, item in enumerate(kept):
-                if total <= policy.max_bytes:
+                if total <= max_bytes:
                     survivors.extend(kept[index:])
                     break
                 if await self._remove(item, item.last_used):

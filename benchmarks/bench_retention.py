@@ -142,8 +142,8 @@ async def run(bound: int, total: int, blob: int, pushed_total: int, root: Path) 
         spool_dir=str(root),
     ) as r:
 
-        async def push(n: int, tag: int) -> None:
-            for i in range(n):
+        async def push(n: int) -> None:
+            for _ in range(n):
                 data = os.urandom(pushed_total // 16)
                 digest = Digest.from_bytes(data)
                 await r.push_blob("mine", data, digest=digest)
@@ -171,14 +171,14 @@ async def run(bound: int, total: int, blob: int, pushed_total: int, root: Path) 
                     failures.append(f"{digest}: {exc!r}")
                 samples.append(cached_now())
 
-        await push(8, 0)
+        await push(8)
         started = time.perf_counter()
         async with anyio.create_task_group() as tg:
             tg.start_soon(sampler)
             async with anyio.create_task_group() as clients:
                 for c in range(4):
                     clients.start_soon(pull, list(range(c, count, 4)))
-                await push(8, 1)  # pushed while the pulls run
+                await push(8)  # pushed while the pulls run
             tg.cancel_scope.cancel()
         elapsed = time.perf_counter() - started
         await r.wait_idle()
@@ -216,14 +216,23 @@ async def run(bound: int, total: int, blob: int, pushed_total: int, root: Path) 
 def markdown(result: dict[str, Any]) -> str:
     rows = [
         ("bound", f"{result['bound_mib']:.0f} MiB"),
-        ("fed (distinct cold pulls)", f"{result['fed_mib']:.0f} MiB in {result['pulls']} blobs of {result['blob_mib']:.0f} MiB"),
-        ("largest cached size sampled", f"{result['max_cached_mib']:.1f} MiB (limit {result['limit_mib']:.0f} MiB: bound + one blob)"),
+        (
+            "fed (distinct cold pulls)",
+            f"{result['fed_mib']:.0f} MiB in {result['pulls']} blobs of {result['blob_mib']:.0f} MiB",
+        ),
+        (
+            "largest cached size sampled",
+            f"{result['max_cached_mib']:.1f} MiB (limit {result['limit_mib']:.0f} MiB: bound + one blob)",
+        ),
         ("samples", str(result["samples"])),
         ("within the limit at every sample", "yes" if result["within_limit"] else "**no**"),
         ("failed pulls", str(result["failed_pulls"])),
         ("upstream transfers", str(result["upstream_transfers"])),
         ("pushed", f"{result['pushed_mib']:.0f} MiB; bytes lost: {result['pushed_bytes_lost']}"),
-        ("prunes / blobs removed / freed", f"{result['prunes']} / {result['blobs_removed']} / {result['freed_mib']:.0f} MiB"),
+        (
+            "prunes / blobs removed / freed",
+            f"{result['prunes']} / {result['blobs_removed']} / {result['freed_mib']:.0f} MiB",
+        ),
         ("cached after the last prune", f"{result['final_cached_mib']:.0f} MiB"),
         ("throughput", f"{result['mib_per_s']:.0f} MiB/s ({result['seconds']:.1f} s)"),
     ]

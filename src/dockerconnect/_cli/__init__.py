@@ -127,6 +127,7 @@ def _connector(spec: ConnectorConfig) -> Any:
             exclude=spec.exclude,
             prefix=spec.prefix,
             verify=spec.verify,
+            connect_timeout=spec.connect_timeout,
             # The Resolver verifies every blob before its last byte reaches a
             # client, so the connector need not hash blobs a second time.
             verify_blobs=False,

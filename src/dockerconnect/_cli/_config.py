@@ -15,7 +15,8 @@ The file's sections (all optional)::
     [retention]   RetentionPolicy fields, where this version has RetentionPolicy
     [health]      HealthPolicy fields, where this version has HealthPolicy
     [[connectors]]  url, name, include, exclude, prefix, username, username_env,
-                    password_env, password_file, ca_file, verify_tls, policy = {...}
+                    password_env, password_file, ca_file, verify_tls, connect_timeout,
+                    policy = {...}
     [auth]        htpasswd, realm; or [auth.token] realm, service, issuer,
                   public_key | jwks; and [[auth.rules]] repository, pull, push,
                   delete, admin
@@ -59,6 +60,7 @@ class ConnectorConfig:
     password: str | None = attrs.field(default=None, repr=False)
     verify: str | bool = True
     policy: CachingPolicy | None = None
+    connect_timeout: float | None = None
     key: str = "--upstream"
 
 
@@ -194,6 +196,7 @@ _CONNECTOR_KEYS = (
     "ca_file",
     "verify_tls",
     "policy",
+    "connect_timeout",
 )
 
 
@@ -243,6 +246,11 @@ def _connector(
             CachingPolicy, _table(table["policy"], f"{key}.policy"), f"{key}.policy"
         )
     prefix = _str(table["prefix"], f"{key}.prefix") if "prefix" in table else None
+    connect_timeout = None
+    if "connect_timeout" in table:
+        connect_timeout = _number(table["connect_timeout"], f"{key}.connect_timeout")
+        if connect_timeout <= 0:
+            raise ConfigError(f"{key}.connect_timeout: must be a positive number of seconds")
     return ConnectorConfig(
         url,
         name=_str(table["name"], f"{key}.name") if "name" in table else None,
@@ -253,6 +261,7 @@ def _connector(
         password=password,
         verify=verify,
         policy=policy,
+        connect_timeout=connect_timeout,
         key=key,
     )
 

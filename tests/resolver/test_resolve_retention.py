@@ -302,3 +302,61 @@ async def test_a_prune_racing_an_ingest_in_another_process(tmp_path: Path) -> No
     # nothing is cached and idle any more.
     assert all(b.last_used > long_ago for b in await store.cached())
     assert 0 <= removed <= count
+
+
+_PRUNER = textwrap.dedent(
+    """
+    import sys, anyio
+    from dockerconnect import FilesystemBlobStore, MemoryManifestStore, Resolver, RetentionPolicy
+
+    async def main(root):
+        policy = RetentionPolicy(max_bytes=0, interval=None)
+        store = FilesystemBlobStore(root)
+        async with Resolver("p", manifests=MemoryManifestStore(), blobs=store,
+                            retention=policy) as r:
+            sys.stdin.readline()  # start together
+            report = await r.prune()
+        print(report.removed_blobs, report.freed_bytes, flush=True)
+
+    anyio.run(main, sys.argv[1])
+    """
+)
+
+
+async def test_processes_pruning_one_store_together_count_each_removal_once(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "b"
+    store = FilesystemBlobStore(root)
+    count, size = 60, 4096
+    for i in range(count):
+        data = i.to_bytes(2, "big") * (size // 2)
+        digest = Digest.from_bytes(data)
+        async with store.ingest(digest, len(data)) as writer:
+            await writer.write(data)
+            await writer.commit()
+        await store.mark(digest, source="hub", at=1_000.0 + i)
+    env = {**os.environ, "PYTHONPATH": _SRC}
+    pruners = [
+        subprocess.Popen(  # noqa: ASYNC220 - started together, awaited below
+            [sys.executable, "-c", _PRUNER, str(root)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        for _ in range(3)
+    ]
+    results = []
+    for pruner in pruners:
+        assert pruner.stdin is not None
+        pruner.stdin.write(b"go\n")
+        pruner.stdin.flush()
+    for pruner in pruners:
+        out, err = await anyio.to_thread.run_sync(lambda p=pruner: p.communicate(timeout=120))
+        assert pruner.returncode == 0, err.decode()
+        removed, freed = map(int, out.split())
+        results.append((removed, freed))
+    assert sum(r for r, _ in results) == count
+    assert sum(f for _, f in results) == count * size
+    assert await store.cached() == []

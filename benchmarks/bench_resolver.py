@@ -45,6 +45,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -161,37 +162,50 @@ class Untracked:
 async def bench_usage_tracking(repeats: int, ops: int, root: Path) -> dict[str, Any]:
     image = random_image(seed=5, layers=1, layer_size=4096)
     layer = image.manifest.layers[0].digest
-    rows = []
-    for tracked in (True, False):
-        d = Path(tempfile.mkdtemp(dir=root))
-        upstream = FakeUpstream("up")
-        upstream.add("app", image, tag="v1")
-        manifests: Any = FilesystemManifestStore(d / "m")
-        blobs: Any = FilesystemBlobStore(d / "b")
-        if not tracked:
-            manifests, blobs = Untracked(manifests), Untracked(blobs)
-        async with Resolver("local", manifests=manifests, blobs=blobs, connectors=[upstream]) as r:
+    async with AsyncExitStack() as stack:
+        resolvers: dict[bool, Resolver] = {}
+        for tracked in (True, False):
+            d = Path(tempfile.mkdtemp(dir=root))
+            upstream = FakeUpstream("up")
+            upstream.add("app", image, tag="v1")
+            manifests: Any = FilesystemManifestStore(d / "m")
+            blobs: Any = FilesystemBlobStore(d / "b")
+            if not tracked:
+                manifests, blobs = Untracked(manifests), Untracked(blobs)
+            r = Resolver("local", manifests=manifests, blobs=blobs, connectors=[upstream])
+            resolvers[tracked] = await stack.enter_async_context(r)
             await r.get_manifest("app", "v1")
             async with await r.open_blob("app", layer) as stream:
                 async for _ in stream:
                     pass
             await r.wait_idle()
 
-            async def blob_reads(r: Resolver = r) -> None:
-                for _ in range(ops):
-                    async with await r.open_blob("app", layer) as stream:
-                        async for _ in stream:
-                            pass
+        async def blob_reads(r: Resolver) -> None:
+            for _ in range(ops):
+                async with await r.open_blob("app", layer) as stream:
+                    async for _ in stream:
+                        pass
 
-            async def manifest_reads(r: Resolver = r) -> None:
-                for _ in range(ops):
-                    await r.get_manifest("app", "v1")
+        async def manifest_reads(r: Resolver) -> None:
+            for _ in range(ops):
+                await r.get_manifest("app", "v1")
 
-            row: dict[str, Any] = {"tracked": tracked}
+        times: dict[tuple[bool, str], list[float]] = {}
+        for _ in range(repeats):  # alternating, so that drift hits both alike
             for name, fn in (("blob", blob_reads), ("manifest", manifest_reads)):
-                times = [await timed(fn) for _ in range(repeats)]
-                row[f"{name}_ops_per_s"] = ops / statistics.median(times)
-            rows.append(row)
+                for tracked, r in resolvers.items():
+                    took = await timed(lambda r=r, fn=fn: fn(r))
+                    times.setdefault((tracked, name), []).append(took)
+        rows = [
+            {
+                "tracked": tracked,
+                **{
+                    f"{name}_ops_per_s": ops / statistics.median(times[(tracked, name)])
+                    for name in ("blob", "manifest")
+                },
+            }
+            for tracked in (True, False)
+        ]
     # One batched flush: the uses of 1000 distinct held blobs.
     store = FilesystemBlobStore(Path(tempfile.mkdtemp(dir=root)) / "b")
     digests = []

@@ -358,12 +358,16 @@ class Retention:
                     await self.prune()
                 except DockerConnectError as exc:
                     log.error("background prune failed: %s", exc)
+                except Exception:  # a store's bug must not end the resolver
+                    log.exception("background prune failed")
                 due = anyio.current_time() + (interval or math.inf)
                 continue
             try:
                 await self._marks.flush()
             except DockerConnectError as exc:
                 log.warning("could not record use of cached content: %s", exc)
+            except Exception:
+                log.exception("could not record use of cached content")
 
 
 def _cannot_prune(store: object) -> str:

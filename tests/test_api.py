@@ -46,6 +46,7 @@ PUBLIC = {
     "PruneReport",
     "Reference",
     "ReferrersIndex",
+    "ReferrersSource",
     "Registry",
     "RegistryConnector",
     "Resolver",

@@ -43,6 +43,7 @@ from dockerconnect._resolve.context import Context
 from dockerconnect._resolve.health import ConnectorHealth, HealthPolicy
 from dockerconnect._resolve.listing import Listing, check_paging
 from dockerconnect._resolve.manifests import Manifests, Resolved
+from dockerconnect._resolve.referrers import Referrers
 from dockerconnect._resolve.retention import PruneReport, Retention, RetentionPolicy, UsageMarks
 from dockerconnect._resolve.sources import Sources
 from dockerconnect._resolve.tasks import Tasks
@@ -161,7 +162,10 @@ class Resolver:
         self._manifests = Manifests(context, store=manifests)
         self._blobs = BlobFetch(context, store=blobs, spool_dir=spool_dir)
         self._listing = Listing(context, store=manifests, connectors=lambda: self.connectors)
-        self._walks = Walks(self, manifests=self._manifests, blobs=self._blobs)
+        self._referrers = Referrers(context, store=manifests)
+        self._walks = Walks(
+            self, manifests=self._manifests, blobs=self._blobs, referrers=self._referrers
+        )
 
     def _now(self) -> float:
         return self.clock()
@@ -374,7 +378,9 @@ class Resolver:
 
         Content that resolves only through a connector is accepted (as ProGet
         does); with ``pin_on_push`` it is copied here first. Otherwise
-        ``ManifestBlobUnknown`` lists what resolves nowhere. A manifest's
+        ``ManifestBlobUnknown`` lists what resolves nowhere, and a reference
+        whose declared size is not its content's real size is
+        ``ManifestInvalid`` (no client could pull it). A manifest's
         ``subject`` need not exist (OCI distribution-spec, "Pushing Manifests
         with Subject"). ``tag`` may also be a digest (a push by digest):
         the bytes must hash to it (``DigestMismatch`` otherwise), and no tag
@@ -464,19 +470,54 @@ class Resolver:
 
     # -- integrity ----------------------------------------------------------
 
-    async def check(self, repository: str, reference: str) -> IntegrityReport:
+    async def check(
+        self, repository: str, reference: str, *, referrers: bool = False
+    ) -> IntegrityReport:
         """Where every reference of a manifest resolves: here, a connector, or nowhere.
 
         A tag is resolved as :meth:`get_manifest` would; beyond that this only
         inspects: nothing it looks up through connectors is cached, and no
         eager caching starts. The walk is iterative: any depth of index is fine.
+        With ``referrers``, the report also lists each referrer (signature,
+        SBOM, attestation) of the manifest and of an index's children, and
+        what each references, so a mirror's operator sees whether they are
+        held here or only upstream.
         """
         validate_repository(repository)
         ref = parse_reference(reference)
+        if not isinstance(referrers, bool):
+            raise InvalidInput(f"referrers must be True or False, not {referrers!r}")
         self._tasks.require()
         with entered(self):
             manifest = (await self._manifests.resolve(repository, ref)).manifest
-            return await self._walks.report(repository, manifest)
+            return await self._walks.report(repository, manifest, referrers=referrers)
+
+    # -- referrers ----------------------------------------------------------
+
+    async def referrers(
+        self, repository: str, digest: Digest | str, *, artifact_type: str | None = None
+    ) -> list[Descriptor]:
+        """The manifests whose ``subject`` is ``digest`` (OCI 1.1 "Listing Referrers").
+
+        Local referrers (pushed or cached here) first, then each serving
+        connector's in order, de-duplicated by digest; with ``artifact_type``
+        only referrers of that type. ``[]`` when there are none, whether or
+        not the subject exists. A connector's answer is reused for
+        ``referrers_ttl`` seconds and served stale on upstream errors for
+        ``stale_if_error``; ``UpstreamError`` only when nothing was found and
+        a connector could not be asked.
+        """
+        validate_repository(repository)
+        d = Digest.parse(digest)
+        if artifact_type is not None and (
+            not isinstance(artifact_type, str)
+            or not artifact_type
+            or not artifact_type.isprintable()
+        ):
+            raise InvalidInput(f"artifact_type must be a media type, not {artifact_type!r}")
+        self._tasks.require()
+        with entered(self):
+            return await self._referrers.lookup(repository, d, artifact_type)
 
     def _start_eager(self, repository: str, resolved: Resolved) -> None:
         policy = resolved.policy

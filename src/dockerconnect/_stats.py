@@ -61,7 +61,8 @@ class ResolverStats:
       own name or a connector's name); ``misses[source]``: "not there" answers.
     - ``upstream_requests[(connector, kind)]``: requests made to connectors,
       ``kind`` one of ``get_manifest``, ``head_manifest``, ``stat_blob``,
-      ``open_blob``, ``tags``, ``repositories``.
+      ``open_blob``, ``tags``, ``repositories``, ``referrers`` (a tag-schema
+      lookup of referrers is a ``get_manifest``).
     - ``upstream_errors[connector]``: requests a connector could not answer.
     - ``bytes_from_upstream[connector]`` and ``bytes_served``.
     - ``joined_waiters``: readers that joined a blob fetch already in flight.
@@ -78,6 +79,8 @@ class ResolverStats:
       (``up``, ``down``, ``probing``).
     - ``listings_cached``: catalog requests answered from a connector's
       recently fetched listing instead of asking it again.
+    - ``referrers_cached``: connector referrers answers served from the
+      resolver's memory within ``referrers_ttl`` instead of asking again.
     - ``upstream_outcomes[(connector, operation, outcome)]``: requests that
       reached a connector, by how they ended (``hit``, ``miss``, ``error``);
       ``upstream_seconds[(connector, operation)]``: a :class:`Histogram` of
@@ -110,6 +113,7 @@ class ResolverStats:
     revalidations: int = 0
     resumes: int = 0
     eager_fetches: int = 0
+    referrers_cached: int = 0
     upstream_outcomes: Counter[tuple[str, str, str]] = attrs.field(factory=Counter)
     upstream_seconds: dict[tuple[str, str], Histogram] = attrs.field(factory=dict)
     prunes: int = 0

@@ -39,11 +39,14 @@ from dockerconnect.errors import (
     ResolverClosed,
     UpstreamDigestMismatch,
     UpstreamError,
+    UpstreamTimeout,
 )
 
 __all__ = ["BlobFetch"]
 
 log = logging.getLogger("dockerconnect.resolver")
+#: INFO: each blob fetched through a connector (a cache miss).
+misses = logging.getLogger("dockerconnect.resolver.misses")
 
 #: How many times a broken upstream transfer is resumed before giving up.
 MAX_RESUMES = 5
@@ -162,8 +165,16 @@ class BlobFetch:
 
     async def location(self, repository: str, digest: Digest) -> str | None:
         """Where the blob is: here, a connector's name, or ``None``. Nothing is cached."""
-        if await self.store.stat(digest) is not None:
-            return self.owner
+        return found[0] if (found := await self._locate(repository, digest)) else None
+
+    async def find(self, repository: str, digest: Digest) -> Descriptor | None:
+        """The blob's descriptor, from here or the first connector that has it; uncached."""
+        return found[1] if (found := await self._locate(repository, digest)) else None
+
+    async def _locate(self, repository: str, digest: Digest) -> tuple[str, Descriptor] | None:
+        local = await self.store.stat(digest)
+        if local is not None:
+            return self.owner, local
 
         async def ask(connector: Connector) -> Descriptor | None:
             found = await connector.stat_blob(repository, digest)
@@ -178,7 +189,7 @@ class BlobFetch:
                 self._ctx.sources.failed(connector, exc, str(digest))
                 continue
             if found is not None:
-                return connector.name
+                return connector.name, found
         return None
 
     # -- copying here ------------------------------------------------------------
@@ -288,6 +299,7 @@ class BlobFetch:
         cache = pin or self._ctx.policy_for(connector.name).caches_blob(size)
         if pin:
             await self._ctx.usage.pushed_blob(digest)  # before the ingest: never a cache
+        _log_miss(digest, size, connector.name, cache)
         try:
             async with AsyncExitStack() as stack:
                 stack.push_async_callback(stream.aclose)
@@ -342,10 +354,11 @@ class BlobFetch:
     ) -> None:
         """Pump ``stream``; when it breaks, resume from the first byte not yet received.
 
-        A broken transfer is resumed from the same connector; a stalled one
-        from the next connector that has the blob (content is addressed by
-        digest: any source's bytes at an offset are the same bytes, and the
-        whole is verified at the end). While no reader has been let in, a
+        A broken transfer is resumed from the same connector; a stalled or
+        timed-out one (:class:`Stalled`, ``UpstreamTimeout``) from the next
+        connector that has the blob (content is addressed by digest: any
+        source's bytes at an offset are the same bytes, and the whole is
+        verified at the end). While no reader has been let in, a
         stall fails the transfer instead, and the next source starts afresh.
         """
         resumes = 0
@@ -354,7 +367,9 @@ class BlobFetch:
                 await self._pump(flight, connector, stream, sink)
                 return
             except UpstreamError as exc:
-                stalled = isinstance(exc, Stalled)
+                # Too slow (our stall limit, or the connector's own deadline or
+                # minimum rate): the same source would be as slow again.
+                stalled = isinstance(exc, (Stalled, UpstreamTimeout))
                 if isinstance(exc, DigestMismatch) or resumes >= MAX_RESUMES:
                     raise
                 if stalled and flight.replaceable:
@@ -461,6 +476,11 @@ class BlobFetch:
             )
         await together(lambda: flight.append(chunk), lambda: sink(chunk))
         self._ctx.stats.received(connector.name, len(chunk))
+
+
+def _log_miss(digest: Digest, size: int, connector: str, cache: bool) -> None:
+    policy = "" if cache else " (not cached: policy)"
+    misses.info("cache miss: blob %s (%d bytes) from %r%s", digest, size, connector, policy)
 
 
 def _skip(flight: BlobFlight, connector: Connector, stream: BlobStream) -> int:

@@ -36,6 +36,8 @@ from dockerconnect.errors import DigestMismatch, ManifestUnknown
 __all__ = ["Manifests", "Resolved"]
 
 log = logging.getLogger("dockerconnect.resolver")
+#: INFO: each manifest fetched through a connector (a cache miss).
+misses = logging.getLogger("dockerconnect.resolver.misses")
 
 _IMAGE_TYPES = frozenset(t for t in MANIFEST_MEDIA_TYPES if "index" not in t and "list" not in t)
 
@@ -167,6 +169,11 @@ class Manifests:
                         manifest.digest, manifest.media_type, self._ctx.clock(), connector.name
                     )
                     await self.store.set_tag(repository, ref, record)
+        misses.info(
+            "cache miss: manifest %s:%s (%s, %d bytes) from %r%s",
+            repository, ref, manifest.digest, len(manifest.data), connector.name,
+            "" if policy.cache_manifests else " (not cached: policy)",
+        )  # fmt: skip
         return Resolved(manifest, connector.name, fetched=True, policy=policy)
 
     # -- revalidating a tag -----------------------------------------------------------

@@ -25,11 +25,18 @@ from dockerconnect._manifest import MANIFEST_MEDIA_TYPES, Manifest
 from dockerconnect._reference import validate_repository, validate_tag
 from dockerconnect._registry_connector import matches_patterns
 from dockerconnect._stream import BlobStream
-from dockerconnect.errors import Denied, DigestInvalid, InvalidInput, RangeInvalid, Unauthorized
+from dockerconnect.errors import (
+    Denied,
+    DigestInvalid,
+    DockerConnectError,
+    InvalidInput,
+    RangeInvalid,
+    Unauthorized,
+)
 from dockerconnect.http._auth import Credentials
 from dockerconnect.http._blobs import Blobs, DigestTarget
 from dockerconnect.http._client import Client, Limits
-from dockerconnect.http._errors import Failures
+from dockerconnect.http._errors import Failures, loggable
 from dockerconnect.http._listing import Lister, ListingBounds
 from dockerconnect.http._manifests import Manifests, ManifestTarget
 from dockerconnect.http._referrers import Referrers
@@ -268,14 +275,21 @@ class HttpConnector:
         Returns the round-trip time in seconds. A ``200`` or ``401`` answer
         counts as healthy (distribution-spec: ``/v2/`` "MUST" answer one of
         them, and ``401`` only means credentials are needed), so this checks
-        reachability, not credentials. Raises ``UpstreamError`` otherwise.
+        reachability, not credentials. Raises ``UpstreamError`` otherwise,
+        whose message names the URL asked.
         """
         started = anyio.current_time()
-        response = await self._client.send("GET", f"{self._base}/v2/", retry=False)
+        url = f"{self._base}/v2/"
+        try:
+            response = await self._client.send("GET", url, retry=False)
+        except DockerConnectError as exc:
+            raise self._client.failures.error(
+                f"health probe GET {loggable(url)}: {exc.message}", cls=type(exc)
+            ) from (exc.__cause__ or exc)  # the httpx exception, as for every call
         await response.aclose()
         if response.status_code not in (200, 401):
             raise self._client.failures.error(
-                f"health probe GET /v2/ answered {response.status_code}"
+                f"health probe GET {loggable(url)} answered {response.status_code}"
             )
         return anyio.current_time() - started
 
@@ -486,6 +500,13 @@ def _registry_url(
         raise InvalidInput(f"registry URL {url!r} has an invalid host {parsed.host!r}")
     if port is not None and not 0 < port <= 65535:
         raise InvalidInput(f"registry URL {url!r} has an invalid port {port}")
+    if "v2" in parsed.path.split("/"):
+        # The connector adds /v2/ itself; a base URL naming it would ask /v2/v2/.
+        base_url = parsed.copy_with(path=parsed.path.split("/v2", 1)[0] or "/", query=None)
+        raise InvalidInput(
+            f"registry URL {loggable(base)!r} has the API path {parsed.path!r} in it: "
+            f"give the registry's base URL, {loggable(str(base_url)).rstrip('/')}"
+        )
     if parsed.userinfo:
         if credentials is None:
             credentials = Credentials(parsed.username, parsed.password)

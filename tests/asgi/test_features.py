@@ -249,8 +249,8 @@ async def test_healthz_readyz_and_metrics(tmp_path: Path, caplog: pytest.LogCapt
         assert '"GET /v2/team/app/manifests/v1" 200' in line and "route=manifest" in line
         text = (await env.client.get("/metrics")).text
         assert (
-            'dockerconnect_upstream_requests_total{connector="hub",operation="get_manifest"} 1.0'
-            in text
+            'dockerconnect_upstream_requests_total{connector="hub",operation="get_manifest",'
+            'outcome="hit"} 1.0' in text
         )
         assert (
             'dockerconnect_http_requests_total{method="GET",route="manifest",status="200"} 1.0'

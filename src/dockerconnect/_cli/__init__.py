@@ -135,6 +135,7 @@ def _connector(spec: ConnectorConfig) -> Any:
             exclude=spec.exclude,
             prefix=spec.prefix,
             verify=spec.verify,
+            connect_timeout=spec.connect_timeout,
             # No verify_blobs=False: the Resolver defers a stream's own
             # verification to its flight, so each byte is hashed once anyway.
         )

@@ -15,9 +15,9 @@ The file's sections (all optional)::
     [retention]   RetentionPolicy fields, where this version has RetentionPolicy
     [health]      HealthPolicy fields, where this version has HealthPolicy
     [[connectors]]  url, name, include, exclude, prefix, username, username_env,
-                    password_env, password_file, ca_file, verify_tls, policy = {...};
-                    or type = "oci-layout" with path, repository, name, include,
-                    exclude, policy = {...} (an OCI image layout directory)
+                    password_env, password_file, ca_file, verify_tls, connect_timeout,
+                    policy = {...}; or type = "oci-layout" with path, repository,
+                    name, include, exclude, policy = {...} (an OCI image layout directory)
     [auth]        htpasswd, realm; or [auth.token] realm, service, issuer,
                   public_key | jwks; and [[auth.rules]] repository, pull, push,
                   delete, admin
@@ -64,6 +64,7 @@ class ConnectorConfig:
     password: str | None = attrs.field(default=None, repr=False)
     verify: str | bool = True
     policy: CachingPolicy | None = None
+    connect_timeout: float | None = None
     key: str = "--upstream"
     type: str = "registry"
     path: Path | None = None
@@ -202,6 +203,7 @@ _CONNECTOR_KEYS = (
     "ca_file",
     "verify_tls",
     "policy",
+    "connect_timeout",
 )
 
 
@@ -295,6 +297,11 @@ def _registry_connector(
         verify = str(_file(table["ca_file"], f"{key}.ca_file", base))
     policy = _connector_policy(table, key)
     prefix = _str(table["prefix"], f"{key}.prefix") if "prefix" in table else None
+    connect_timeout = None
+    if "connect_timeout" in table:
+        connect_timeout = _number(table["connect_timeout"], f"{key}.connect_timeout")
+        if connect_timeout <= 0:
+            raise ConfigError(f"{key}.connect_timeout: must be a positive number of seconds")
     return ConnectorConfig(
         url,
         name=_str(table["name"], f"{key}.name") if "name" in table else None,
@@ -305,6 +312,7 @@ def _registry_connector(
         password=password,
         verify=verify,
         policy=policy,
+        connect_timeout=connect_timeout,
         key=key,
     )
 

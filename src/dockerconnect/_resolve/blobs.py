@@ -66,6 +66,7 @@ class BlobFetch:
         self._ctx = context
         self.owner = context.owner
         self.store = store
+        self.usage = context.usage
         self._spool_dir = spool_dir
         self._flights: dict[tuple[Digest, tuple[int, ...]], BlobFlight] = {}
 
@@ -84,6 +85,7 @@ class BlobFetch:
         local = await self.store.stat(digest)
         if local is not None:
             self._ctx.stats.hit(self.owner)
+            self._ctx.usage.used_blob(digest)
             return local
         flight = self._flight(digest)
         if flight is not None and flight.size is not None and flight.error is None:
@@ -118,6 +120,8 @@ class BlobFetch:
             local = await self.store.open(digest, offset=offset)
             if local is not None:
                 self._ctx.stats.hit(self.owner)
+                self._ctx.usage.used_blob(digest)
+                self._ctx.stats.emit("served", item="blob", digest=digest, size=local.size)
                 return self._counted(local, offset, self.owner)
         flight = self._flight(digest)
         if flight is not None:
@@ -145,6 +149,7 @@ class BlobFetch:
                 # in: read the store, but say where the bytes came from.
                 local = await self.store.open(flight.digest, offset=offset)
                 if local is not None:
+                    self._ctx.usage.used_blob(flight.digest)
                     flight.release()
                     return self._counted(local, offset, flight.source)
         except BaseException:
@@ -292,6 +297,8 @@ class BlobFetch:
         digest = flight.digest
         size = stream.size
         cache = pin or self._ctx.policy_for(connector.name).caches_blob(size)
+        if pin:
+            await self._ctx.usage.pushed_blob(digest)  # before the ingest: never a cache
         _log_miss(digest, size, connector.name, cache)
         try:
             async with AsyncExitStack() as stack:
@@ -305,7 +312,13 @@ class BlobFetch:
                         reopen=functools.partial(self._reopen, digest),
                     )
                     await self._pump_resuming(repository, flight, connector, stream, writer.write)
-                    await writer.commit()
+                    if pin:
+                        await writer.commit()
+                    else:
+                        async with self._ctx.usage.room(size):  # retention's admission
+                            await writer.commit()
+                            # Marked after the commit (so its time is the clock's).
+                            await self._ctx.usage.cached_blob(digest, connector.name, size)
                 else:
                     verifier = DigestVerifier(digest, size)
                     await flight.begin(size, connector.name)
@@ -323,6 +336,10 @@ class BlobFetch:
                 digest=digest,
                 repository=repository,
             ) from exc
+        stats = self._ctx.stats
+        stats.emit("fetched", connector=connector.name, item="blob", digest=digest, size=size)
+        if cache:
+            stats.emit("cached", connector=connector.name, item="blob", digest=digest, size=size)
 
     async def _reopen(self, digest: Digest, offset: int) -> BlobStream | None:
         return await self.store.open(digest, offset=offset)

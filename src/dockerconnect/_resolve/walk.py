@@ -144,6 +144,9 @@ class Walks:
         self, repository: str, ref: Descriptor, pin: bool, missing: list[Descriptor]
     ) -> Manifest | None:
         manifests = self._manifests
+        if pin:
+            # Marked before it is stored (or if it is held already as a cache).
+            await manifests.usage.pushed_manifest(repository, ref.digest)
         local = await manifests.store.get_manifest(repository, ref.digest)
         if local is not None:
             _check_child(ref, local)
@@ -171,6 +174,9 @@ class Walks:
         blobs = self._blobs
         if is_foreign(ref):
             return
+        if pin:
+            # Pinned from now on, also if it is held already as a cache.
+            await blobs.usage.pushed_blob(ref.digest)
         held = await blobs.store.stat(ref.digest)
         if held is None and pin:
             if await blobs.pin(repository, ref.digest):

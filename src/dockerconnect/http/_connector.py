@@ -100,7 +100,11 @@ class HttpConnector:
     fails with :class:`~dockerconnect.errors.UpstreamTimeout`, so a resolver
     moves on to its next connector instead of waiting on a trickle.
     ``listing`` (:class:`ListingBounds`) bounds the pages, names and bytes
-    one tag or catalog listing may take.
+    one tag or catalog listing may take. ``connect_timeout`` (seconds)
+    bounds each TCP/TLS connect on its own, as containerd's ``dial_timeout``
+    does: a short one (1-3 s) makes failover from a dead upstream fast,
+    while ``timeout`` keeps its read, write and pool parts (connect 10 s by
+    default).
 
     ``client`` (an ``httpx.AsyncClient`` the caller owns and closes) or
     ``transport`` may be injected; otherwise the connector makes its own
@@ -131,6 +135,7 @@ class HttpConnector:
         library: bool | None = None,
         retry: Retry = DEFAULT_RETRY,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        connect_timeout: float | None = None,
         limits: Limits = DEFAULT_LIMITS,
         listing: ListingBounds = DEFAULT_LISTING,
         max_resumes: int = 3,
@@ -154,6 +159,17 @@ class HttpConnector:
         self.retry = retry
         self.max_resumes = max_resumes
         httpx_timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+        if connect_timeout is not None:
+            if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, (int, float)):
+                raise InvalidInput("connect_timeout must be a number of seconds")
+            if connect_timeout <= 0:
+                raise InvalidInput("connect_timeout must be a positive number of seconds")
+            httpx_timeout = httpx.Timeout(
+                connect=float(connect_timeout),
+                read=httpx_timeout.read,
+                write=httpx_timeout.write,
+                pool=httpx_timeout.pool,
+            )
         http = client or httpx.AsyncClient(
             transport=transport, timeout=httpx_timeout, verify=verify, follow_redirects=False
         )

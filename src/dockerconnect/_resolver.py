@@ -16,18 +16,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, Callable, Mapping, Sequence
-from contextlib import aclosing
+from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 from types import MappingProxyType, TracebackType
 
 import anyio
-import attrs
 
 from dockerconnect._chain import entered
 from dockerconnect._descriptor import Descriptor, Platform
 from dockerconnect._digest import Digest
 from dockerconnect._events import Observer
-from dockerconnect._flight import coalesce
 from dockerconnect._manifest import Manifest
 from dockerconnect._policy import CachingPolicy
 from dockerconnect._protocols import (
@@ -35,7 +32,6 @@ from dockerconnect._protocols import (
     Connector,
     IntegrityReport,
     ManifestStore,
-    TagRecord,
 )
 from dockerconnect._reference import parse_reference, validate_repository
 from dockerconnect._resolve.blobs import BlobFetch
@@ -48,6 +44,7 @@ from dockerconnect._resolve.retention import PruneReport, Retention, RetentionPo
 from dockerconnect._resolve.sources import Sources
 from dockerconnect._resolve.tasks import Tasks
 from dockerconnect._resolve.walk import Walks
+from dockerconnect._resolve.writes import Writes
 from dockerconnect._stats import ResolverStats
 from dockerconnect._stream import BlobStream
 from dockerconnect.errors import (
@@ -55,9 +52,7 @@ from dockerconnect.errors import (
     DigestMismatch,
     DockerConnectError,
     InvalidInput,
-    ManifestBlobUnknown,
     ManifestInvalid,
-    ManifestUnknown,
 )
 
 __all__ = ["Resolver"]
@@ -67,6 +62,24 @@ log = logging.getLogger("dockerconnect.resolver")
 #: Seconds a connector may stay silent (no answer, no next chunk) before the
 #: request is abandoned as failed and the next source is asked.
 STALL_TIMEOUT = 60.0
+
+
+def _count_of(what: str, value: object) -> None:
+    """``InvalidInput`` unless ``value`` is a non-negative ``int`` (not a ``bool``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInput(f"{what} must be a non-negative integer, not {value!r}")
+
+
+def _is_media_type(value: object) -> bool:
+    return isinstance(value, str) and bool(value) and value.isprintable()
+
+
+def _start_eager(tasks: Tasks, walks: Walks, repository: str, resolved: Resolved) -> None:
+    """Eager caching of what ``resolved`` references, once, if it was just fetched."""
+    policy = resolved.policy
+    if resolved.fetched and policy is not None and policy.eager and not resolved.eager_started:
+        resolved.eager_started = True
+        tasks.spawn(walks.eager, repository, resolved.manifest, policy)
 
 
 def _digest(value: Digest | str) -> Digest:
@@ -166,6 +179,10 @@ class Resolver:
         self._walks = Walks(
             self, manifests=self._manifests, blobs=self._blobs, referrers=self._referrers
         )
+        self._writes = Writes(
+            manifests, blobs, walks=self._walks, usage=self._usage, clock=self._now,
+            pin_on_push=lambda: self.policy.pin_on_push,
+        )  # fmt: skip
 
     def _now(self) -> float:
         return self.clock()
@@ -317,12 +334,9 @@ class Resolver:
         """
         validate_repository(repository)
         d = _digest(digest)
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-            raise InvalidInput(f"offset must be a non-negative integer, not {offset!r}")
-        if length is not None and (
-            isinstance(length, bool) or not isinstance(length, int) or length < 0
-        ):
-            raise InvalidInput(f"length must be a non-negative integer, not {length!r}")
+        _count_of("offset", offset)
+        if length is not None:
+            _count_of("length", length)
         self._tasks.require()
         with entered(self):
             partial = offset > 0 or length is not None
@@ -358,18 +372,7 @@ class Resolver:
                 f"blob data must be bytes or an async iterable of bytes, not {type(data).__name__}"
             )
         self._tasks.require()
-        size = len(data) if isinstance(data, (bytes, bytearray, memoryview)) else None
-        await self._usage.pushed_blob(d)  # before the ingest: never taken for a cache
-        async with self.blobs.ingest(d, size) as writer:
-            if isinstance(data, (bytes, bytearray, memoryview)):
-                view = memoryview(data)
-                for start in range(0, len(view), 1024 * 1024):
-                    await writer.write(bytes(view[start : start + 1024 * 1024]))
-            else:
-                async with aclosing(coalesce(_checked(data))) as chunks:
-                    async for chunk in chunks:
-                        await writer.write(chunk)
-            return await writer.commit()
+        return await self._writes.blob(d, data)
 
     async def push_manifest(
         self, repository: str, data: bytes, *, media_type: str, tag: str | None = None
@@ -397,25 +400,7 @@ class Resolver:
             )
         self._tasks.require()
         with entered(self):
-            missing = await self._walks.missing(repository, manifest, pin=self.policy.pin_on_push)
-            if missing:
-                raise ManifestBlobUnknown(
-                    f"manifest {manifest.digest} references content that resolves nowhere: "
-                    + ", ".join(str(d.digest) for d in missing),
-                    missing=missing,
-                    repository=repository,
-                    digest=manifest.digest,
-                )
-            await self._usage.pushed_manifest(repository, manifest.digest)
-            await self.manifests.put_manifest(repository, manifest)
-            if isinstance(ref, Digest) and ref != manifest.digest:
-                # Pushed by another algorithm's digest: retrievable by it too.
-                await self._usage.pushed_manifest(repository, ref)
-                await self.manifests.put_manifest(repository, attrs.evolve(manifest, digest=ref))
-            if isinstance(ref, str):
-                record = TagRecord(manifest.digest, manifest.media_type, self.clock())
-                await self.manifests.set_tag(repository, ref, record)
-            return manifest.descriptor()
+            return await self._writes.manifest(repository, manifest, ref)
 
     async def delete_manifest(self, repository: str, reference: str) -> None:
         """Delete a tag, or a manifest by digest together with the tags naming it.
@@ -425,21 +410,7 @@ class Resolver:
         validate_repository(repository)
         ref = parse_reference(reference)
         self._tasks.require()
-        if isinstance(ref, str):
-            if not await self.manifests.delete_tag(repository, ref):
-                raise ManifestUnknown(
-                    f"tag {repository}:{ref} is not held here", repository=repository
-                )
-            return
-        if await self.manifests.get_manifest(repository, ref) is None:
-            raise ManifestUnknown(
-                f"manifest {ref} is not held here", repository=repository, digest=ref
-            )
-        for tag in await self.manifests.tags(repository) or []:
-            record = await self.manifests.get_tag(repository, tag)
-            if record is not None and record.digest == ref:
-                await self.manifests.delete_tag(repository, tag)
-        await self.manifests.delete_manifest(repository, ref)
+        await self._writes.delete_manifest(repository, ref)
 
     # -- listing ------------------------------------------------------------
 
@@ -509,25 +480,11 @@ class Resolver:
         """
         validate_repository(repository)
         d = Digest.parse(digest)
-        if artifact_type is not None and (
-            not isinstance(artifact_type, str)
-            or not artifact_type
-            or not artifact_type.isprintable()
-        ):
+        if artifact_type is not None and not _is_media_type(artifact_type):
             raise InvalidInput(f"artifact_type must be a media type, not {artifact_type!r}")
         self._tasks.require()
         with entered(self):
             return await self._referrers.lookup(repository, d, artifact_type)
 
     def _start_eager(self, repository: str, resolved: Resolved) -> None:
-        policy = resolved.policy
-        if resolved.fetched and policy is not None and policy.eager and not resolved.eager_started:
-            resolved.eager_started = True
-            self._tasks.spawn(self._walks.eager, repository, resolved.manifest, policy)
-
-
-async def _checked(data: AsyncIterable[bytes]) -> AsyncGenerator[bytes, None]:
-    async for chunk in data:
-        if not isinstance(chunk, (bytes, bytearray, memoryview)):
-            raise InvalidInput(f"blob data must be bytes, not {type(chunk).__name__}")
-        yield bytes(chunk)
+        _start_eager(self._tasks, self._walks, repository, resolved)

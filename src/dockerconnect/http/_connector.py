@@ -145,10 +145,7 @@ class HttpConnector:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
-        if client is not None and transport is not None:
-            raise InvalidInput("pass either client or transport, not both")
-        if max_resumes < 0:
-            raise InvalidInput("max_resumes must not be negative")
+        _check_options(client, transport, max_resumes)
         parsed, creds, hub = _registry_url(url, Credentials.coerce(credentials))
         self._base = str(parsed).rstrip("/")
         #: The name this connector reports in errors and as ``BlobStream.source``.
@@ -158,18 +155,7 @@ class HttpConnector:
         self.library = hub if library is None else library
         self.retry = retry
         self.max_resumes = max_resumes
-        httpx_timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
-        if connect_timeout is not None:
-            if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, (int, float)):
-                raise InvalidInput("connect_timeout must be a number of seconds")
-            if connect_timeout <= 0:
-                raise InvalidInput("connect_timeout must be a positive number of seconds")
-            httpx_timeout = httpx.Timeout(
-                connect=float(connect_timeout),
-                read=httpx_timeout.read,
-                write=httpx_timeout.write,
-                pool=httpx_timeout.pool,
-            )
+        httpx_timeout = _timeout(timeout, connect_timeout)
         http = client or httpx.AsyncClient(
             transport=transport, timeout=httpx_timeout, verify=verify, follow_redirects=False
         )
@@ -467,6 +453,30 @@ def _accept(accept: Sequence[str] | str | None) -> tuple[str, ...]:
     if not all(isinstance(t, str) and t and "\n" not in t and "\r" not in t for t in types):
         raise InvalidInput("accept must be media type strings")
     return types or MANIFEST_MEDIA_TYPES
+
+
+def _check_options(client: object, transport: object, max_resumes: int) -> None:
+    if client is not None and transport is not None:
+        raise InvalidInput("pass either client or transport, not both")
+    if max_resumes < 0:
+        raise InvalidInput("max_resumes must not be negative")
+
+
+def _timeout(timeout: float | httpx.Timeout, connect: float | None) -> httpx.Timeout:
+    """httpx's timeouts, with ``connect`` (when given) bounding each connect alone."""
+    httpx_timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+    if connect is None:
+        return httpx_timeout
+    if isinstance(connect, bool) or not isinstance(connect, (int, float)):
+        raise InvalidInput("connect_timeout must be a number of seconds")
+    if connect <= 0:
+        raise InvalidInput("connect_timeout must be a positive number of seconds")
+    return httpx.Timeout(
+        connect=float(connect),
+        read=httpx_timeout.read,
+        write=httpx_timeout.write,
+        pool=httpx_timeout.pool,
+    )
 
 
 def _prefix(prefix: str | None) -> str | None:

@@ -141,6 +141,10 @@ def stats_families(stats: ResolverStats) -> Iterator[Metric]:
     )
     for field, doc in _PLAIN.items():
         yield CounterMetricFamily(PREFIX + field, doc, value=getattr(stats, field))
+    yield from _retention_families(stats)
+
+
+def _retention_families(stats: ResolverStats) -> Iterator[Metric]:
     pruned = CounterMetricFamily(
         PREFIX + "pruned", "Cached items removed by retention.", labels=["item"]
     )

@@ -41,6 +41,7 @@ from dockerconnect._resolve.context import Context
 from dockerconnect._resolve.health import ConnectorHealth, HealthPolicy
 from dockerconnect._resolve.listing import Listing, check_paging
 from dockerconnect._resolve.manifests import Manifests, Resolved
+from dockerconnect._resolve.shared import FetchCoordinator, gate_for
 from dockerconnect._resolve.sources import Sources
 from dockerconnect._resolve.tasks import Tasks
 from dockerconnect._resolve.walk import Walks
@@ -85,6 +86,11 @@ class Resolver:
     ``default_platform`` is the platform chosen from an index for a client
     that cannot take an index (see :meth:`get_manifest`). ``health`` says
     when a failing connector is skipped without being asked (``None``: never).
+    Processes over one :class:`~dockerconnect.FilesystemBlobStore` root fetch
+    each blob from upstream once between them by themselves; replicas over
+    another shared store (S3) do so through a ``coordinator`` such as
+    :class:`dockerconnect.redis.RedisFetchCoordinator` (see "Running several
+    replicas" in the guides).
     """
 
     def __init__(
@@ -101,6 +107,7 @@ class Resolver:
         stall_timeout: float = STALL_TIMEOUT,
         default_platform: str = "linux/amd64",
         health: HealthPolicy | None = HealthPolicy(),  # noqa: B008 - frozen, safe to share
+        coordinator: FetchCoordinator | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise InvalidInput("a resolver needs a non-empty name")
@@ -110,6 +117,12 @@ class Resolver:
             raise InvalidInput("stall_timeout must be a positive number of seconds")
         if health is not None and not isinstance(health, HealthPolicy):
             raise InvalidInput("health must be a HealthPolicy or None")
+        if coordinator is not None and not isinstance(coordinator, FetchCoordinator):
+            raise InvalidInput(
+                "coordinator must have acquire, keep, release and wait "
+                "(a dockerconnect.redis.RedisFetchCoordinator), or be None"
+            )
+        self.coordinator = coordinator
         self.name = name
         self.manifests = manifests
         self.blobs = blobs
@@ -138,7 +151,8 @@ class Resolver:
         )
         context = Context(name, self._sources, self._tasks, self.stats, self._now, self.policy_for)
         self._manifests = Manifests(context, store=manifests)
-        self._blobs = BlobFetch(context, store=blobs, spool_dir=spool_dir)
+        gate = gate_for(blobs, self.coordinator)
+        self._blobs = BlobFetch(context, store=blobs, spool_dir=spool_dir, gate=gate)
         self._listing = Listing(context, store=manifests, connectors=lambda: self.connectors)
         self._walks = Walks(self, manifests=self._manifests, blobs=self._blobs)
 

@@ -11,7 +11,8 @@ The file's sections (all optional)::
     [server]      host, port, workers, log_level, name, admin, tls_cert, tls_key
     [store]       path (the directory for manifests, blobs, spool and uploads)
     [store.s3]    blobs in object storage: bucket, prefix, endpoint_url, region,
-                  addressing_style, part_size, access_key_id_env, secret_access_key_env
+                  addressing_style, part_size, endpoint_url_env, access_key_id_env,
+                  secret_access_key_env
     [store.redis] manifests, tags and fetch leases in Redis: url | url_env, prefix,
                   lease_ttl
     [uploads]     max_sessions, max_sessions_per_repository, ttl
@@ -274,6 +275,7 @@ _S3_KEYS = (
     "region",
     "addressing_style",
     "part_size",
+    "endpoint_url_env",
     "access_key_id_env",
     "secret_access_key_env",
 )
@@ -295,6 +297,10 @@ def _s3(table: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
     for name in ("prefix", "endpoint_url", "region"):
         if name in table:
             args[name] = _str(table[name], f"store.s3.{name}")
+    if "endpoint_url_env" in table:
+        if "endpoint_url" in table:
+            raise ConfigError("store.s3: give endpoint_url or endpoint_url_env, not both")
+        args["endpoint_url"] = _env(table["endpoint_url_env"], "store.s3.endpoint_url_env", environ)
     if "addressing_style" in table:
         style = table["addressing_style"]
         if style not in ("auto", "path", "virtual"):

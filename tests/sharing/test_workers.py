@@ -1,0 +1,107 @@
+"""Several processes over one filesystem store, in front of a real ``docker-registry``.
+
+``dockerconnect serve --workers 4`` and 16 clients pulling one cold image of
+four 8 MiB layers: one upstream ``GET`` per blob, counted from the upstream's
+access log, every client's bytes checked. A process fetching a blob is
+SIGKILLed mid-blob: the others finish with the right bytes, one of them
+resuming with a range request, and the upstream sends less than twice the blob.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from _procs import Serve, blob_gets, environment, pull_many
+
+from dockerconnect.testing import DistributionRegistry, push_content, random_image
+
+WORKER = Path(__file__).with_name("fs_worker.py")
+MiB = 1 << 20
+REPO = "team/app"
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def upstream() -> Iterator[DistributionRegistry]:
+    if not DistributionRegistry.available():
+        reason = (
+            "E2E TESTS NOT RUN: docker-registry is not installed (apt-get install docker-registry)"
+        )
+        if __import__("os").environ.get("CI", "").lower() == "true":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    with DistributionRegistry() as registry:
+        yield registry
+
+
+def test_four_workers_fetch_each_blob_once_for_sixteen_clients(
+    tmp_path: Path, upstream: DistributionRegistry
+) -> None:
+    image = random_image(layers=4, layer_size=8 * MiB, layer_format="raw", seed=15)
+    anyio.run(push_content, upstream.url, REPO, image)
+    args = ["--workers", "4", "--store", str(tmp_path / "store"), "--upstream", upstream.url]
+    with Serve(args, tmp_path / "serve.log") as server:
+        received = anyio.run(pull_many, [server.url], REPO, image, 16)
+    assert received == 16 * sum(len(b) for b in image.blobs.values())
+    for digest, data in image.blobs.items():
+        assert blob_gets(upstream, REPO, str(digest)) == [len(data)], digest
+
+
+def start(settings: dict[str, Any]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), json.dumps(settings)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=environment(),
+    )
+
+
+def finish(process: subprocess.Popen[str]) -> dict[str, str]:
+    out, err = process.communicate(timeout=240)
+    assert process.returncode == 0, err[-4000:]
+    return dict(line.split() for line in out.splitlines() if not line.startswith("fetching"))
+
+
+def test_a_worker_killed_mid_blob_is_taken_over_with_range(
+    tmp_path: Path, upstream: DistributionRegistry
+) -> None:
+    # Large enough that socket buffers cannot take the whole blob before the kill.
+    image = random_image(layers=1, layer_size=32 * MiB, layer_format="raw", seed=16)
+    anyio.run(push_content, upstream.url, REPO, image)
+    layer = image.manifest.layers[0]
+    digest = str(layer.digest)
+    settings = {
+        "root": str(tmp_path / "store"),
+        "upstream": upstream.url,
+        "repository": REPO,
+        "digests": [digest],
+    }
+    doomed = start({**settings, "name": "doomed", "slow": True})
+    assert doomed.stdout is not None
+    assert doomed.stdout.readline().strip() == f"fetching {digest}"
+    others = [start({**settings, "name": f"survivor-{n}"}) for n in range(3)]
+    # Let the survivors start following before the fetching process dies.
+    anyio.run(anyio.sleep, 1.0)
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait(timeout=30)
+    doomed.communicate()
+    served = [finish(p) for p in others]
+    assert served == [{digest: digest}] * 3
+    gets = blob_gets(upstream, REPO, digest)
+    # The dead process's cut-off transfer, then one survivor's range request
+    # for the rest: never a whole copy per survivor.
+    assert len(gets) == 2, gets
+    assert gets[0] < layer.size, gets
+    assert gets[1] < layer.size, gets
+    assert sum(gets) < 2 * layer.size, gets

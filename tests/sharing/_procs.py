@@ -48,13 +48,20 @@ def environment(**more: str) -> dict[str, str]:
 class Serve:
     """``dockerconnect serve ARGS`` on a free port, stopped by its pid (and its workers')."""
 
-    def __init__(self, args: Sequence[str], log: Path, *, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        args: Sequence[str],
+        log: Path,
+        *,
+        env: dict[str, str] | None = None,
+        log_level: str = "warning",
+    ) -> None:
         self.port = free_port()
         self.log = log
         command = [sys.executable, "-m", "dockerconnect", "serve", "--port", str(self.port)]
         with log.open("ab") as out:
             self.process = subprocess.Popen(
-                [*command, *args, "--log-level", "warning"],
+                [*command, *args, "--log-level", log_level],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -130,7 +137,10 @@ async def pull(url: str, repository: str, image: RandomImage, *, tag: str = "lat
 
         async def blob(digest: str) -> None:
             hasher = hashlib.sha256()
-            async with client.stream("GET", f"/v2/{repository}/blobs/{digest}") as response:
+            # A connection of its own for each blob, as a client pulling
+            # layers in parallel opens: workers accept them in turn.
+            path = f"/v2/{repository}/blobs/{digest}"
+            async with client.stream("GET", path, headers={"Connection": "close"}) as response:
                 response.raise_for_status()
                 async for chunk in response.aiter_bytes():
                     hasher.update(chunk)
@@ -143,11 +153,15 @@ async def pull(url: str, repository: str, image: RandomImage, *, tag: str = "lat
     return sum(sizes)
 
 
-async def pull_many(urls: Sequence[str], repository: str, image: RandomImage, clients: int) -> int:
-    """``clients`` concurrent pulls, spread round-robin over ``urls``; bytes received."""
+async def pull_many(
+    urls: Sequence[str], repository: str, image: RandomImage, clients: int, *, stagger: float = 0.0
+) -> int:
+    """``clients`` concurrent pulls, spread round-robin over ``urls``, each
+    starting ``stagger`` seconds after the one before; bytes received."""
     received: list[int] = []
 
     async def one(n: int) -> None:
+        await anyio.sleep(n * stagger)
         received.append(await pull(urls[n % len(urls)], repository, image))
 
     async with anyio.create_task_group() as tg:
@@ -161,6 +175,18 @@ def blob_gets(upstream: DistributionRegistry, repository: str, digest: str) -> l
     name = re.escape(f"/v2/{repository}/blobs/{digest}")
     pattern = re.compile(rf'"GET {name} HTTP/[\d.]+" \d+ (\d+)')
     return [int(m.group(1)) for m in pattern.finditer(upstream.log_text())]
+
+
+def serving_pids(log: Path, repository: str) -> dict[str, set[int]]:
+    """Which processes of a server answered each blob ``GET`` (from its access log)."""
+    pattern = re.compile(
+        rf'\[(\d+)\] INFO dockerconnect\.asgi\.access .*"GET /v2/{re.escape(repository)}'
+        r'/blobs/(sha256:[0-9a-f]+)" 200'
+    )
+    found: dict[str, set[int]] = {}
+    for pid, digest in pattern.findall(log.read_text(errors="replace")):
+        found.setdefault(digest, set()).add(int(pid))
+    return found
 
 
 def upstream_requests(upstream: DistributionRegistry) -> int:

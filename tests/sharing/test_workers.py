@@ -9,6 +9,7 @@ resuming with a range request, and the upstream sends less than twice the blob.
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from typing import Any
 
 import anyio
 import pytest
-from _procs import Serve, blob_gets, environment, pull_many
+from _procs import Serve, blob_gets, environment, pull_many, serving_pids
 
 from dockerconnect.testing import DistributionRegistry, push_content, random_image
 
@@ -49,11 +50,18 @@ def test_four_workers_fetch_each_blob_once_for_sixteen_clients(
     image = random_image(layers=4, layer_size=8 * MiB, layer_format="raw", seed=15)
     anyio.run(push_content, upstream.url, REPO, image)
     args = ["--workers", "4", "--store", str(tmp_path / "store"), "--upstream", upstream.url]
-    with Serve(args, tmp_path / "serve.log") as server:
-        received = anyio.run(pull_many, [server.url], REPO, image, 16)
+    log = tmp_path / "serve.log"
+    with Serve(args, log, log_level="info") as server:
+        received = anyio.run(
+            functools.partial(pull_many, stagger=0.05), [server.url], REPO, image, 16
+        )
     assert received == 16 * sum(len(b) for b in image.blobs.values())
     for digest, data in image.blobs.items():
         assert blob_gets(upstream, REPO, str(digest)) == [len(data)], digest
+    # The point: several workers served each layer (so they shared one fetch).
+    served = serving_pids(log, REPO)
+    layers = [str(layer.digest) for layer in image.manifest.layers]
+    assert all(len(served[d]) >= 2 for d in layers), served
 
 
 def start(settings: dict[str, Any]) -> subprocess.Popen[str]:

@@ -308,7 +308,8 @@ def worker_app() -> Any:
 def _logging(level: str) -> None:
     logging.basicConfig(
         level=logging.DEBUG if level == "trace" else level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        # The pid tells the lines of --workers' processes apart.
+        format="%(asctime)s [%(process)d] %(levelname)s %(name)s %(message)s",
     )
 
 

@@ -2,16 +2,19 @@
 
 On-disk layout, beside the stores' (see :mod:`dockerconnect._filesystem`)::
 
-    <root>/fetching/<algorithm>/<hex>     a blob being fetched from upstream:
-                                          a 256-byte header line, then its bytes as they land
+    <root>/fetching/<algorithm>/<hex>           a blob being fetched from upstream:
+                                                a 256-byte header line, then its bytes
+    <root>/fetching/<algorithm>/<hex>.followed  "another process follows": copy the bytes here
 
 The process fetching a blob holds an exclusive ``flock`` on the blob's
 in-progress file for as long as it fetches; the kernel drops the lock when
 that process dies, however it dies. Every other process over the same root
 that wants the blob opens the same file, fails to take the lock, and follows:
-it reads the header (the blob's size and the connector it comes from) and
-then the bytes as the holder appends them. A follower that finds the lock
-free has outlived the holder:
+it leaves a ``.followed`` mark, reads the header (the blob's size and the
+connector it comes from) and then the bytes as the holder appends them. A
+holder copies its bytes into the file only once it sees the mark, so a fetch
+nobody follows costs no second write. A follower that finds the lock free
+has outlived the holder:
 
 - the name no longer leads to the file it holds open: the holder ended
   cleanly (it removes the name before letting go) and either committed the
@@ -45,6 +48,7 @@ from dockerconnect.errors import StorageError
 __all__ = ["FETCHING_DIR", "HEADER_SIZE", "FetchFile", "FilesystemFetches"]
 
 FETCHING_DIR: Final = "fetching"
+FOLLOWED_SUFFIX: Final = ".followed"
 #: The header line: ``{"size": N, "source": "..."}`` padded with spaces to this length.
 HEADER_SIZE: Final = 256
 
@@ -98,6 +102,11 @@ class FetchFile:
         if held:
             self._took()
 
+    @property
+    def written(self) -> int:
+        """Blob bytes in the file (what a holder wrote, or the prefix it took)."""
+        return self._written
+
     def _took(self) -> None:
         self.held = True
         self.header = self._read_header()
@@ -150,11 +159,19 @@ class FetchFile:
                 return
             try:
                 if self.held and same_file(self.path, fd):
+                    _remove(self.path + FOLLOWED_SUFFIX)
                     os.unlink(self.path)
             finally:
                 os.close(fd)
 
     # -- following -------------------------------------------------------------
+
+    async def announce(self) -> None:
+        """Tell the holder that a process follows, so it copies its bytes here."""
+        await run("follow fetch in progress", self._announce)
+
+    def _announce(self) -> None:
+        os.close(os.open(self.path + FOLLOWED_SUFFIX, os.O_WRONLY | os.O_CREAT | O_BINARY, 0o644))
 
     async def landed(self) -> tuple[tuple[int, str] | None, int]:
         """The header (once the holder wrote it) and how many blob bytes have landed."""
@@ -201,6 +218,10 @@ class FetchFile:
         os.pwrite(fd, line.ljust(HEADER_SIZE - 1) + b"\n", 0)
         self.header, self.prefix, self._written = (size, source), 0, 0
 
+    async def followed(self) -> bool:
+        """Whether a process has said it follows this fetch."""
+        return await run("look at fetch in progress", os.path.exists, self.path + FOLLOWED_SUFFIX)
+
     async def write(self, data: bytes) -> None:
         """Append the next bytes of the blob, for followers to read as they land."""
         await run("write fetch in progress", self._append, data)
@@ -214,3 +235,10 @@ class FetchFile:
     def __repr__(self) -> str:
         role = "holding" if self.held else "following"
         return f"FetchFile({self.digest}, {role})"
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -16,6 +16,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends"))
 
 from backend_servers import MotoServer, RedisServer, require
 
+from dockerconnect.testing import DistributionRegistry
+
+
+@pytest.fixture
+def upstream() -> Iterator[DistributionRegistry]:
+    """A real ``docker-registry`` on 127.0.0.1 with its access log on."""
+    require(
+        "docker-registry (CNCF distribution)",
+        DistributionRegistry.available(),
+        "apt-get install docker-registry",
+    )
+    with DistributionRegistry() as registry:
+        yield registry
+
 
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:

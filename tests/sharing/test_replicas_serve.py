@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -30,14 +29,6 @@ def guide_config() -> str:
     blocks = re.findall(r"```toml\n(.*?)```", GUIDE.read_text(encoding="utf-8"), flags=re.DOTALL)
     assert len(blocks) == 1, "the guide shows one configuration file"
     return blocks[0]
-
-
-@pytest.fixture
-def upstream() -> Iterator[DistributionRegistry]:
-    if not DistributionRegistry.available():
-        pytest.skip("E2E TESTS NOT RUN: docker-registry is not installed")
-    with DistributionRegistry() as registry:
-        yield registry
 
 
 def test_three_served_replicas_fetch_each_blob_once(

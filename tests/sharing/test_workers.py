@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from _procs import Serve, blob_gets, environment, pull_many, serving_pids
+from _procs import Serve, blob_gets, environment, pull_many, serving_pids, wait_for
 
+from dockerconnect._fsfetch import HEADER_SIZE, FilesystemFetches
 from dockerconnect.testing import DistributionRegistry, push_content, random_image
 
 WORKER = Path(__file__).with_name("fs_worker.py")
@@ -29,19 +30,6 @@ MiB = 1 << 20
 REPO = "team/app"
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def upstream() -> Iterator[DistributionRegistry]:
-    if not DistributionRegistry.available():
-        reason = (
-            "E2E TESTS NOT RUN: docker-registry is not installed (apt-get install docker-registry)"
-        )
-        if __import__("os").environ.get("CI", "").lower() == "true":
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
-    with DistributionRegistry() as registry:
-        yield registry
 
 
 def test_four_workers_fetch_each_blob_once_for_sixteen_clients(
@@ -75,6 +63,13 @@ def start(settings: dict[str, Any]) -> subprocess.Popen[str]:
     )
 
 
+def landed(path: str) -> int:
+    try:
+        return os.stat(path).st_size - HEADER_SIZE
+    except FileNotFoundError:
+        return 0
+
+
 def finish(process: subprocess.Popen[str]) -> dict[str, str]:
     out, err = process.communicate(timeout=240)
     assert process.returncode == 0, err[-4000:]
@@ -99,8 +94,9 @@ def test_a_worker_killed_mid_blob_is_taken_over_with_range(
     assert doomed.stdout is not None
     assert doomed.stdout.readline().strip() == f"fetching {digest}"
     others = [start({**settings, "name": f"survivor-{n}"}) for n in range(3)]
-    # Let the survivors start following before the fetching process dies.
-    anyio.run(anyio.sleep, 1.0)
+    # Kill it once it has shown the survivors some of the blob on disk.
+    in_progress = FilesystemFetches(settings["root"]).path(layer.digest)
+    wait_for("bytes in the in-progress file", lambda: landed(in_progress) > 2 * MiB, timeout=120)
     doomed.send_signal(signal.SIGKILL)
     doomed.wait(timeout=30)
     doomed.communicate()

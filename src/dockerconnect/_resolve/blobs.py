@@ -253,8 +253,8 @@ class BlobFetch:
     ) -> BaseException | None:
         """Fetch from the first connector that has the blob; the error if none does.
 
-        ``lead`` (from the gate) is shown every byte as it is cached, for
-        the processes following this fetch.
+        ``lead`` (from the gate) is told the blob's size and source, for the
+        processes following this fetch.
         """
         digest = flight.digest
 
@@ -318,11 +318,9 @@ class BlobFetch:
                         read_back=getattr(writer, "read_back", None),
                         reopen=functools.partial(self._reopen, digest),
                     )
-                    sink: Sink = writer.write
                     if lead is not None:
                         await lead.begin(size, connector.name)
-                        sink = functools.partial(_both, writer.write, lead.write)
-                    await self._pump_resuming(repository, flight, connector, stream, sink)
+                    await self._pump_resuming(repository, flight, connector, stream, writer.write)
                     await writer.commit()
                 else:
                     if lead is not None:
@@ -478,10 +476,6 @@ class BlobFetch:
             )
         await together(lambda: flight.append(chunk), lambda: sink(chunk))
         self._ctx.stats.received(connector.name, len(chunk))
-
-
-async def _both(first: Sink, second: Sink, data: bytes) -> None:
-    await together(lambda: first(data), lambda: second(data))
 
 
 def _skip(flight: BlobFlight, connector: Connector, stream: BlobStream) -> int:

@@ -89,8 +89,6 @@ class Lead(Protocol):
 
     async def begin(self, size: int, source: str) -> None: ...
 
-    async def write(self, data: bytes) -> None: ...
-
     def keep(self) -> AbstractAsyncContextManager[object]: ...
 
     async def end(self, *, committed: bool) -> None: ...
@@ -173,12 +171,7 @@ async def _resume(fetch: BlobFetch, repository: str, flight: BlobFlight, leader:
                     digest=digest,
                 )
             connector, stream = found
-
-            async def both(data: bytes) -> None:
-                await writer.write(data)
-                await leader.write(data)
-
-            await fetch._pump_resuming(repository, flight, connector, stream, both)
+            await fetch._pump_resuming(repository, flight, connector, stream, writer.write)
             await writer.commit()
     except DigestMismatch as exc:
         raise UpstreamDigestMismatch(
@@ -229,6 +222,7 @@ class FilesystemGate:
             outcome = "held"
             try:
                 if not file.held:
+                    await file.announce()
                     outcome = await self._follow(fetch, flight, file)
                     if outcome == "ended":
                         if await _from_store(fetch, flight):
@@ -246,7 +240,7 @@ class FilesystemGate:
                     # A dead leader's file found at open time: its readers
                     # start from its prefix, as a follower's would.
                     await _begin(fetch, flight, file, *file.header)
-                return await lead(fetch, repository, flight, pin, _FileLead(file))
+                return await lead(fetch, repository, flight, pin, _FileLead(file, flight))
             finally:
                 with anyio.CancelScope(shield=True):
                     await file.close()
@@ -282,10 +276,18 @@ async def _begin(
 
 
 class _FileLead:
-    """A held in-progress file as a :class:`Lead`."""
+    """A held in-progress file as a :class:`Lead`.
 
-    def __init__(self, file: FetchFile) -> None:
+    While the fetch runs, a watcher looks for a follower's mark; once there
+    is one, it reads this process's own flight (as any reader does, so the
+    bytes come from the flight's tail or the cache writer) into the file,
+    from what the file already holds. A fetch nobody follows writes nothing
+    but the header.
+    """
+
+    def __init__(self, file: FetchFile, flight: BlobFlight) -> None:
         self._file = file
+        self._flight = flight
         self.prefix = file.prefix
 
     async def read(self, offset: int, size: int) -> bytes:
@@ -294,15 +296,47 @@ class _FileLead:
     async def begin(self, size: int, source: str) -> None:
         await self._file.begin(size, source)
 
-    async def write(self, data: bytes) -> None:
-        await self._file.write(data)
+    def keep(self) -> AbstractAsyncContextManager[object]:
+        return self._kept()
 
     @asynccontextmanager
     async def _kept(self) -> AsyncIterator[object]:
-        yield self  # the lock lasts while the file is open: nothing to renew
+        # The lock lasts while the file is open: nothing to renew, but the
+        # bytes to show once someone follows.
+        failed: BaseException | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._copy_when_followed)
+            try:
+                yield self
+            except BaseException as error:
+                # Raised below as itself, not inside an exception group.
+                failed = error
+            tg.cancel_scope.cancel()
+        if failed is not None:
+            raise failed
 
-    def keep(self) -> AbstractAsyncContextManager[object]:
-        return self._kept()
+    async def _copy_when_followed(self) -> None:
+        file, flight = self._file, self._flight
+        # Another process leaves the mark: nothing here to wait on but the disk.
+        while file.header is None or not await file.followed():  # noqa: ASYNC110
+            await anyio.sleep(POLL_INTERVAL * 2)
+        flight.reserve()
+        try:
+            await flight.ready.wait()
+            if flight.error is not None or file.written > (flight.size or 0):
+                flight.release()
+                return
+        except BaseException:
+            flight.release()
+            raise
+        try:
+            async with flight.stream(file.written) as stream:
+                async for chunk in stream:
+                    await file.write(chunk)
+        except DockerConnectError as exc:
+            # Followers see no more bytes; they get the blob from the store
+            # once this fetch commits it, or take over if it fails.
+            log.warning("could not show the fetch of %s to other processes: %s", file, exc)
 
     async def end(self, *, committed: bool) -> None:
         await self._file.close()
@@ -354,9 +388,6 @@ class _LeaseLead:
         return b""
 
     async def begin(self, size: int, source: str) -> None:
-        return None
-
-    async def write(self, data: bytes) -> None:
         return None
 
     def keep(self) -> AbstractAsyncContextManager[object]:

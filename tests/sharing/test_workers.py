@@ -103,6 +103,7 @@ def test_a_worker_killed_mid_blob_is_taken_over_with_range(
     served = [finish(p) for p in others]
     assert served == [{digest: digest}] * 3
     gets = blob_gets(upstream, REPO, digest)
+    print(f"upstream GETs of the {layer.size}-byte blob: {gets}")
     # The dead process's cut-off transfer, then one survivor's range request
     # for the rest: never a whole copy per survivor.
     assert len(gets) == 2, gets

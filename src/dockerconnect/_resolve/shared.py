@@ -190,6 +190,12 @@ async def _from_store(fetch: BlobFetch, flight: BlobFlight) -> bool:
     if flight.size is None or flight.replaceable:
         flight.held_locally(local.size, fetch.owner)
         return True
+    if local.size != flight.size:
+        raise UpstreamError(
+            f"another process committed {flight.digest} with {local.size} bytes, "
+            f"not the {flight.size} its fetch announced",
+            digest=flight.digest,
+        )
     # Readers follow what landed so far: hand them the rest, verified as a
     # whole by the leader that committed it.
     stream = await fetch.store.open(flight.digest, offset=flight.received)

@@ -84,7 +84,12 @@ class BlobFetch:
         self._flights.clear()
 
     def _flight(self, digest: Digest) -> BlobFlight | None:
-        return self._flights.get((digest, current_chain()))
+        flight = self._flights.get((digest, current_chain()))
+        if flight is not None and flight.cached and flight.verified:
+            # Committed: new readers go to the store, while the flight's
+            # own clean-up (such as the gate's) finishes.
+            return None
+        return flight
 
     # -- reading -----------------------------------------------------------------
 

@@ -41,6 +41,7 @@ from dockerconnect._resolve.listing import Listing, check_paging
 from dockerconnect._resolve.manifests import Manifests, Resolved
 from dockerconnect._resolve.referrers import Referrers
 from dockerconnect._resolve.retention import PruneReport, Retention, RetentionPolicy, UsageMarks
+from dockerconnect._resolve.shared import FetchCoordinator, gate_for
 from dockerconnect._resolve.sources import Sources
 from dockerconnect._resolve.tasks import Tasks
 from dockerconnect._resolve.walk import Walks
@@ -107,6 +108,11 @@ class Resolver:
     blob store that is a :class:`~dockerconnect.UsageLog` (``Unsupported``
     otherwise). ``observers`` are told of each :class:`~dockerconnect.Event`
     (``r.observers`` is a list the embedder may change at run time).
+    Processes over one :class:`~dockerconnect.FilesystemBlobStore` root fetch
+    each blob from upstream once between them by themselves; replicas over
+    another shared store (S3) do so through a ``coordinator`` such as
+    :class:`dockerconnect.redis.RedisFetchCoordinator` (see "Running several
+    replicas" in the guides).
     """
 
     def __init__(
@@ -125,6 +131,7 @@ class Resolver:
         health: HealthPolicy | None = HealthPolicy(),  # noqa: B008 - frozen, safe to share
         retention: RetentionPolicy | None = None,
         observers: Sequence[Observer] = (),
+        coordinator: FetchCoordinator | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise InvalidInput("a resolver needs a non-empty name")
@@ -134,6 +141,12 @@ class Resolver:
             raise InvalidInput("stall_timeout must be a positive number of seconds")
         if health is not None and not isinstance(health, HealthPolicy):
             raise InvalidInput("health must be a HealthPolicy or None")
+        if coordinator is not None and not isinstance(coordinator, FetchCoordinator):
+            raise InvalidInput(
+                "coordinator must have acquire, keep, release and wait "
+                "(a dockerconnect.redis.RedisFetchCoordinator), or be None"
+            )
+        self.coordinator = coordinator
         self.name = name
         self.manifests = manifests
         self.blobs = blobs
@@ -173,7 +186,8 @@ class Resolver:
             name, self._sources, self._tasks, self.stats, self._now, self.policy_for, self._usage
         )
         self._manifests = Manifests(context, store=manifests)
-        self._blobs = BlobFetch(context, store=blobs, spool_dir=spool_dir)
+        gate = gate_for(blobs, self.coordinator)
+        self._blobs = BlobFetch(context, store=blobs, spool_dir=spool_dir, gate=gate)
         self._listing = Listing(context, store=manifests, connectors=lambda: self.connectors)
         self._referrers = Referrers(context, store=manifests)
         self._walks = Walks(

@@ -113,7 +113,10 @@ def parse_serve(argv: Sequence[str], environ: Any = None) -> ServeConfig:
                 "put the connector in --config with password_env or password_file"
             )
         config.connectors.append(ConnectorConfig(url))
-    if config.workers > 1 and config.store is None:
+    if config.workers > 1 and (
+        (config.store is None and config.s3 is None)
+        or (config.store is None and config.redis is None)
+    ):
         raise ConfigError("--workers: several workers need --store (one store they share)")
     return config
 
@@ -178,31 +181,7 @@ def build_resolver(config: ServeConfig) -> Resolver:
         extra["retention"] = config.retention
     if config.health is not None and hasattr(dockerconnect, "HealthPolicy"):
         extra["health"] = config.health
-    if config.store is None:
-        return Resolver(
-            config.name,
-            manifests=MemoryManifestStore(),
-            blobs=MemoryBlobStore(),
-            connectors=connectors,
-            policy=config.policy,
-            overrides=overrides,
-            **extra,
-        )
-    store = config.store.resolve()
-    spool = store / "spool"
-    try:
-        # Shared fetches spool next to the store rather than to the system
-        # temporary directory, which may be a RAM-backed tmpfs.
-        spool.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"--store: cannot create {spool}: {exc.strerror}") from None
-    try:
-        manifests, blobs = (
-            FilesystemManifestStore(store),
-            FilesystemBlobStore(store, name=config.name),
-        )
-    except StorageError as exc:
-        raise ConfigError(f"--store: {exc.message}") from None
+    manifests, blobs = _stores(config, extra)
     return Resolver(
         config.name,
         manifests=manifests,
@@ -210,9 +189,60 @@ def build_resolver(config: ServeConfig) -> Resolver:
         connectors=connectors,
         policy=config.policy,
         overrides=overrides,
-        spool_dir=str(spool),
         **extra,
     )
+
+
+def _stores(config: ServeConfig, extra: dict[str, Any]) -> tuple[Any, Any]:
+    """The manifest and blob stores a configuration names (memory without
+    any), adding the spool directory and fetch coordinator to ``extra``."""
+    manifests: Any = MemoryManifestStore()
+    blobs: Any = MemoryBlobStore()
+    if config.store is not None:
+        store = config.store.resolve()
+        spool = store / "spool"
+        try:
+            # Shared fetches spool next to the store rather than to the system
+            # temporary directory, which may be a RAM-backed tmpfs.
+            spool.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--store: cannot create {spool}: {exc.strerror}") from None
+        extra["spool_dir"] = str(spool)
+        try:
+            manifests = FilesystemManifestStore(store)
+            blobs = FilesystemBlobStore(store, name=config.name)
+        except StorageError as exc:
+            raise ConfigError(f"--store: {exc.message}") from None
+    if config.s3 is not None:
+        blobs = _shared("s3", "S3BlobStore", "store.s3", config.s3)
+    if config.redis is not None:
+        redis = config.redis
+        store_args = {k: v for k, v in redis.items() if k != "lease_ttl"}
+        manifests = _shared("redis", "RedisManifestStore", "store.redis", store_args)
+        extra["coordinator"] = _shared("redis", "RedisFetchCoordinator", "store.redis", redis)
+    return manifests, blobs
+
+
+def _shared(extra: str, name: str, key: str, args: dict[str, Any]) -> Any:
+    """A shared backend from ``dockerconnect.<extra>``, or one line saying what to install."""
+    import importlib
+
+    try:
+        module = importlib.import_module(f"dockerconnect.{extra}")
+    except ImportError:
+        raise ConfigError(
+            f"{key}: needs the {extra} extra: pip install 'dockerconnect[{extra}]'"
+        ) from None
+    try:
+        return getattr(module, name)(**args)
+    except DockerConnectError as exc:
+        raise ConfigError(f"{key}: {exc.message}") from None
+
+
+def _closers(resolver: Resolver) -> list[Any]:
+    """What the app closes at shutdown: connectors' clients, shared stores' pools."""
+    owned = [*resolver.connectors, resolver.blobs, resolver.manifests, resolver.coordinator]
+    return [r for r in owned if isinstance(r, AbstractAsyncContextManager)]
 
 
 def _authentication(config: ServeConfig) -> tuple[Any, Any]:
@@ -279,7 +309,7 @@ def build_app(config: ServeConfig) -> Any:
 
     async def startup() -> None:
         where = config.store.resolve() if config.store is not None else "memory (lost at exit)"
-        log.info("store: %s", where)
+        log.info("store: %s; blobs: %r; manifests: %r", where, resolver.blobs, resolver.manifests)
         log.info(
             "connectors, in order: %s",
             ", ".join(c.name for c in resolver.connectors) or "(none: a plain registry)",
@@ -298,7 +328,7 @@ def build_app(config: ServeConfig) -> Any:
         upload_ttl=config.upload_ttl,
         # Each HttpConnector owns an httpx client; close it at shutdown even
         # if an administrator removed the connector meanwhile.
-        resources=[c for c in resolver.connectors if isinstance(c, AbstractAsyncContextManager)],
+        resources=_closers(resolver),
         startup=startup,
     )
 
@@ -313,7 +343,8 @@ def worker_app() -> Any:
 def _logging(level: str) -> None:
     logging.basicConfig(
         level=logging.DEBUG if level == "trace" else level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        # The pid tells the lines of --workers' processes apart.
+        format="%(asctime)s [%(process)d] %(levelname)s %(name)s %(message)s",
     )
 
 

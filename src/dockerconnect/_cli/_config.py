@@ -10,6 +10,11 @@ The file's sections (all optional)::
 
     [server]      host, port, workers, log_level, name, admin, tls_cert, tls_key
     [store]       path (the directory for manifests, blobs, spool and uploads)
+    [store.s3]    blobs in object storage: bucket, prefix, endpoint_url, region,
+                  addressing_style, part_size, endpoint_url_env, access_key_id_env,
+                  secret_access_key_env
+    [store.redis] manifests, tags and fetch leases in Redis: url | url_env, prefix,
+                  lease_ttl
     [uploads]     max_sessions, max_sessions_per_repository, ttl
     [policy]      any CachingPolicy field (tag_ttl, eager, platforms, ...)
     [retention]   RetentionPolicy fields, where this version has RetentionPolicy
@@ -90,6 +95,10 @@ class ServeConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     store: Path | None = None
+    #: ``S3BlobStore`` arguments (``[store.s3]``), or ``None``: blobs under ``store``.
+    s3: dict[str, Any] | None = None
+    #: ``RedisManifestStore`` / ``RedisFetchCoordinator`` arguments (``[store.redis]``).
+    redis: dict[str, Any] | None = None
     connectors: list[ConnectorConfig] = attrs.field(factory=list)
     policy: CachingPolicy = attrs.field(factory=CachingPolicy)
     retention: Any = None
@@ -317,6 +326,91 @@ def _registry_connector(
     )
 
 
+# -- shared stores ---------------------------------------------------------------------
+
+_S3_KEYS = (
+    "bucket",
+    "prefix",
+    "endpoint_url",
+    "region",
+    "addressing_style",
+    "part_size",
+    "endpoint_url_env",
+    "access_key_id_env",
+    "secret_access_key_env",
+)
+_REDIS_KEYS = ("url", "url_env", "prefix", "lease_ttl")
+
+
+def _s3(table: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """``S3BlobStore`` arguments; keys and secrets only through the environment."""
+    for secret in ("access_key_id", "secret_access_key"):
+        if secret in table:
+            raise ConfigError(
+                f"store.s3.{secret}: keys are not written in the config; use {secret}_env "
+                "(an environment variable) or botocore's usual chain (AWS_* variables, roles)"
+            )
+    _known(table, "store.s3", _S3_KEYS)
+    if "bucket" not in table:
+        raise ConfigError("store.s3.bucket: missing (the bucket blobs are kept in; it must exist)")
+    args: dict[str, Any] = {"bucket": _str(table["bucket"], "store.s3.bucket")}
+    for name in ("prefix", "endpoint_url", "region"):
+        if name in table:
+            args[name] = _str(table[name], f"store.s3.{name}")
+    if "endpoint_url_env" in table:
+        if "endpoint_url" in table:
+            raise ConfigError("store.s3: give endpoint_url or endpoint_url_env, not both")
+        args["endpoint_url"] = _env(table["endpoint_url_env"], "store.s3.endpoint_url_env", environ)
+    if "addressing_style" in table:
+        style = table["addressing_style"]
+        if style not in ("auto", "path", "virtual"):
+            raise ConfigError(
+                f"store.s3.addressing_style: must be auto, path or virtual, not {style!r}"
+            )
+        args["addressing_style"] = style
+    if "part_size" in table:
+        args["part_size"] = _int(
+            table["part_size"], "store.s3.part_size", low=5 * 1024 * 1024, high=5 * 1024**3
+        )
+    for name in ("access_key_id", "secret_access_key"):
+        if f"{name}_env" in table:
+            args[name] = _env(table[f"{name}_env"], f"store.s3.{name}_env", environ)
+    if ("access_key_id" in args) != ("secret_access_key" in args):
+        raise ConfigError(
+            "store.s3: give both access_key_id_env and secret_access_key_env, or neither"
+        )
+    return args
+
+
+def _redis(table: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """``RedisManifestStore`` / ``RedisFetchCoordinator`` arguments."""
+    _known(table, "store.redis", _REDIS_KEYS)
+    if ("url" in table) == ("url_env" in table):
+        raise ConfigError(
+            "store.redis: give url (redis://host:6379/0) or url_env "
+            "(an environment variable holding it, for a URL with a password), not both or neither"
+        )
+    if "url" in table:
+        url = _str(table["url"], "store.redis.url")
+        if "@" in url:
+            raise ConfigError(
+                "store.redis.url: passwords are not written in the config; use url_env"
+            )
+    else:
+        url = _env(table["url_env"], "store.redis.url_env", environ)
+    if "://" not in url:
+        raise ConfigError(f"store.redis: not a redis:// URL: {url.split('@')[-1]!r}")
+    args: dict[str, Any] = {"url": url}
+    if "prefix" in table:
+        args["prefix"] = _str(table["prefix"], "store.redis.prefix")
+    if "lease_ttl" in table:
+        ttl = _number(table["lease_ttl"], "store.redis.lease_ttl")
+        if ttl <= 0:
+            raise ConfigError("store.redis.lease_ttl: must be a positive number of seconds")
+        args["lease_ttl"] = ttl
+    return args
+
+
 # -- auth ----------------------------------------------------------------------------
 
 _RULE_KEYS = ("repository", "pull", "push", "delete", "admin")
@@ -407,10 +501,7 @@ def load_config(
     base = file.resolve().parent
     _known(document, "", _SECTIONS)
     _server(config, _table(document.get("server", {}), "server"), base)
-    store = _table(document.get("store", {}), "store")
-    _known(store, "store", ("path",))
-    if "path" in store:
-        config.store = base / _str(store["path"], "store.path")
+    _store(config, _table(document.get("store", {}), "store"), base, environ)
     _uploads(config, _table(document.get("uploads", {}), "uploads"))
     _policies(config, document)
     connectors = document.get("connectors", [])
@@ -422,6 +513,18 @@ def load_config(
     if "auth" in document:
         config.auth = _auth(_table(document["auth"], "auth"), base)
     return config
+
+
+def _store(
+    config: ServeConfig, store: dict[str, Any], base: Path, environ: Mapping[str, str]
+) -> None:
+    _known(store, "store", ("path", "s3", "redis"))
+    if "path" in store:
+        config.store = base / _str(store["path"], "store.path")
+    if "s3" in store:
+        config.s3 = _s3(_table(store["s3"], "store.s3"), environ)
+    if "redis" in store:
+        config.redis = _redis(_table(store["redis"], "store.redis"), environ)
 
 
 def _server(config: ServeConfig, server: dict[str, Any], base: Path) -> None:

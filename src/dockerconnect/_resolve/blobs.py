@@ -27,6 +27,7 @@ from dockerconnect._digest import Digest, DigestVerifier
 from dockerconnect._flight import BlobFlight, coalesce, copy_error
 from dockerconnect._protocols import BlobStore, Connector
 from dockerconnect._resolve.context import Context
+from dockerconnect._resolve.shared import Gate, Lead
 from dockerconnect._resolve.sources import Nobody, Sources, Stalled, expect
 from dockerconnect._stream import BlobStream
 from dockerconnect._together import together
@@ -62,12 +63,22 @@ Sink = Callable[[bytes], Awaitable[None]]
 class BlobFetch:
     """The resolver's blobs: its store first, then one shared flight per digest."""
 
-    def __init__(self, context: Context, *, store: BlobStore, spool_dir: str | None) -> None:
+    def __init__(
+        self,
+        context: Context,
+        *,
+        store: BlobStore,
+        spool_dir: str | None,
+        gate: Gate | None = None,
+    ) -> None:
         self._ctx = context
         self.owner = context.owner
         self.store = store
         self.usage = context.usage
         self._spool_dir = spool_dir
+        #: Who fetches each blob among the processes sharing the store
+        #: (:mod:`.shared`); ``None``: this process alone uses it.
+        self.gate = gate
         self._flights: dict[tuple[Digest, tuple[int, ...]], BlobFlight] = {}
 
     def close(self) -> None:
@@ -77,7 +88,12 @@ class BlobFetch:
         self._flights.clear()
 
     def _flight(self, digest: Digest) -> BlobFlight | None:
-        return self._flights.get((digest, current_chain()))
+        flight = self._flights.get((digest, current_chain()))
+        if flight is not None and flight.cached and flight.verified:
+            # Committed: new readers go to the store, while the flight's
+            # own clean-up (such as the gate's) finishes.
+            return None
+        return flight
 
     # -- reading -----------------------------------------------------------------
 
@@ -238,29 +254,11 @@ class BlobFetch:
                 # Committed by a fetch that ended while this one was being set up.
                 flight.held_locally(local.size, self.owner)
                 return
-
-            async def ask(connector: Connector) -> BlobStream | None:
-                return await self._open_upstream(connector, repository, digest, 0)
-
-            async def use(connector: Connector, stream: BlobStream) -> bool:
-                await self._transfer(repository, flight, connector, stream, pin)
-                return True
-
-            found = await self._ctx.sources.first_then(
-                self._ctx.sources.for_blob(repository, digest),
-                kind="blob",
-                request="open_blob",
-                repository=repository,
-                ref=str(digest),
-                ask=ask,
-                use=use,
-                # Once readers hold bytes from a source it cannot be undone.
-                fatal=lambda exc: not flight.replaceable,
-            )
-            if isinstance(found, Nobody):
-                error = found.error(
-                    BlobUnknown, f"blob {digest}", repository=repository, digest=digest
-                )
+            if self.gate is not None:
+                # Other processes share the store: fetch only if none does.
+                error = await self.gate.fly(self, repository, flight, pin)
+            else:
+                error = await self.from_sources(repository, flight, pin, None)
         except Exception as exc:
             error = exc
         except BaseException:
@@ -270,6 +268,38 @@ class BlobFetch:
             if self._flights.get(key) is flight:
                 del self._flights[key]
             flight.finish(error)
+
+    async def from_sources(
+        self, repository: str, flight: BlobFlight, pin: bool, lead: Lead | None
+    ) -> BaseException | None:
+        """Fetch from the first connector that has the blob; the error if none does.
+
+        ``lead`` (from the gate) is told the blob's size and source, for the
+        processes following this fetch.
+        """
+        digest = flight.digest
+
+        async def ask(connector: Connector) -> BlobStream | None:
+            return await self._open_upstream(connector, repository, digest, 0)
+
+        async def use(connector: Connector, stream: BlobStream) -> bool:
+            await self._transfer(repository, flight, connector, stream, pin, lead)
+            return True
+
+        found = await self._ctx.sources.first_then(
+            self._ctx.sources.for_blob(repository, digest),
+            kind="blob",
+            request="open_blob",
+            repository=repository,
+            ref=str(digest),
+            ask=ask,
+            use=use,
+            # Once readers hold bytes from a source it cannot be undone.
+            fatal=lambda exc: not flight.replaceable,
+        )
+        if isinstance(found, Nobody):
+            return found.error(BlobUnknown, f"blob {digest}", repository=repository, digest=digest)
+        return None
 
     async def _open_upstream(
         self, connector: Connector, repository: str, digest: Digest, offset: int
@@ -293,6 +323,7 @@ class BlobFetch:
         connector: Connector,
         stream: BlobStream,
         pin: bool,
+        lead: Lead | None = None,
     ) -> None:
         digest = flight.digest
         size = stream.size
@@ -311,6 +342,8 @@ class BlobFetch:
                         read_back=getattr(writer, "read_back", None),
                         reopen=functools.partial(self._reopen, digest),
                     )
+                    if lead is not None:
+                        await lead.begin(size, connector.name)
                     await self._pump_resuming(repository, flight, connector, stream, writer.write)
                     if pin:
                         await writer.commit()
@@ -320,6 +353,10 @@ class BlobFetch:
                             # Marked after the commit (so its time is the clock's).
                             await self._ctx.usage.cached_blob(digest, connector.name, size)
                 else:
+                    if lead is not None:
+                        # Not cached, so nothing for the others to read: each
+                        # process fetches such a blob for itself.
+                        await lead.end(committed=False)
                     verifier = DigestVerifier(digest, size)
                     await flight.begin(size, connector.name)
                     await self._pump_resuming(

@@ -83,6 +83,22 @@ def parse_serve(argv: Sequence[str], environ: Any = None) -> ServeConfig:
     """The configuration ``dockerconnect serve ARGV`` runs with (``ConfigError``)."""
     args = _parser().parse_args(["serve", *argv])
     config = load_config(args.config, environ=environ)
+    _apply_server_flags(config, args)
+    _apply_tls_flags(config, args)
+    for url in args.upstream:
+        if "@" in url.split("://", 1)[-1].split("/", 1)[0]:
+            raise ConfigError(
+                "--upstream: credentials are not taken from the command line; "
+                "put the connector in --config with password_env or password_file"
+            )
+        config.connectors.append(ConnectorConfig(url))
+    if config.workers > 1 and config.store is None and (config.s3 is None or config.redis is None):
+        raise ConfigError("--workers: several workers need --store (one store they share)")
+    return config
+
+
+def _apply_server_flags(config: ServeConfig, args: argparse.Namespace) -> None:
+    """``--host``, ``--port``, ``--workers``, ``--log-level`` and ``--store`` over the file's."""
     if args.host is not None:
         config.host = args.host
     if args.port is not None:
@@ -97,6 +113,9 @@ def parse_serve(argv: Sequence[str], environ: Any = None) -> ServeConfig:
         config.log_level = log_level(args.log_level, "--log-level")
     if args.store is not None:
         config.store = Path(args.store)
+
+
+def _apply_tls_flags(config: ServeConfig, args: argparse.Namespace) -> None:
     for flag, value in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
         if value is not None and not Path(value).is_file():
             raise ConfigError(f"{flag}: no such file {value}")
@@ -106,19 +125,6 @@ def parse_serve(argv: Sequence[str], environ: Any = None) -> ServeConfig:
         config.tls_key = Path(args.tls_key)
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ConfigError("--tls-cert/--tls-key: TLS needs both a certificate and its key")
-    for url in args.upstream:
-        if "@" in url.split("://", 1)[-1].split("/", 1)[0]:
-            raise ConfigError(
-                "--upstream: credentials are not taken from the command line; "
-                "put the connector in --config with password_env or password_file"
-            )
-        config.connectors.append(ConnectorConfig(url))
-    if config.workers > 1 and (
-        (config.store is None and config.s3 is None)
-        or (config.store is None and config.redis is None)
-    ):
-        raise ConfigError("--workers: several workers need --store (one store they share)")
-    return config
 
 
 def _connector(spec: ConnectorConfig) -> Any:

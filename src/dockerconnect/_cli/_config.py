@@ -271,18 +271,10 @@ def _connector_policy(table: Mapping[str, Any], key: str) -> CachingPolicy | Non
     return policy
 
 
-def _registry_connector(
+def _credentials(
     table: dict[str, Any], key: str, base: Path, environ: Mapping[str, str]
-) -> ConnectorConfig:
-    if "password" in table:
-        raise ConfigError(
-            f"{key}.password: passwords are not written in the config; "
-            "use password_env (an environment variable) or password_file"
-        )
-    _known(table, key, _CONNECTOR_KEYS)
-    if "url" not in table:
-        raise ConfigError(f"{key}.url: missing (the registry's base URL)")
-    url = _str(table["url"], f"{key}.url")
+) -> tuple[str | None, str | None]:
+    """A connector's username and password, from the environment or a file."""
     username = None
     if "username" in table:
         username = _str(table["username"], f"{key}.username")
@@ -299,6 +291,22 @@ def _registry_connector(
     if (username is None) != (password is None):
         missing = "password_env or password_file" if password is None else "username"
         raise ConfigError(f"{key}: credentials need both a username and a password; add {missing}")
+    return username, password
+
+
+def _registry_connector(
+    table: dict[str, Any], key: str, base: Path, environ: Mapping[str, str]
+) -> ConnectorConfig:
+    if "password" in table:
+        raise ConfigError(
+            f"{key}.password: passwords are not written in the config; "
+            "use password_env (an environment variable) or password_file"
+        )
+    _known(table, key, _CONNECTOR_KEYS)
+    if "url" not in table:
+        raise ConfigError(f"{key}.url: missing (the registry's base URL)")
+    url = _str(table["url"], f"{key}.url")
+    username, password = _credentials(table, key, base, environ)
     verify: str | bool = True
     if "verify_tls" in table:
         verify = _bool(table["verify_tls"], f"{key}.verify_tls")
@@ -361,6 +369,11 @@ def _s3(table: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
         if "endpoint_url" in table:
             raise ConfigError("store.s3: give endpoint_url or endpoint_url_env, not both")
         args["endpoint_url"] = _env(table["endpoint_url_env"], "store.s3.endpoint_url_env", environ)
+    _s3_options(table, args, environ)
+    return args
+
+
+def _s3_options(table: dict[str, Any], args: dict[str, Any], environ: Mapping[str, str]) -> None:
     if "addressing_style" in table:
         style = table["addressing_style"]
         if style not in ("auto", "path", "virtual"):
@@ -379,7 +392,6 @@ def _s3(table: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
         raise ConfigError(
             "store.s3: give both access_key_id_env and secret_access_key_env, or neither"
         )
-    return args
 
 
 def _redis(table: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
@@ -417,6 +429,44 @@ _RULE_KEYS = ("repository", "pull", "push", "delete", "admin")
 _TOKEN_KEYS = ("realm", "service", "issuer", "public_key", "jwks")
 
 
+def _token(token: dict[str, Any], base: Path) -> dict[str, Any]:
+    """``[auth.token]``: the token service's names and exactly one key source."""
+    _known(token, "auth.token", _TOKEN_KEYS)
+    for required in ("realm", "service", "issuer"):
+        if required not in token:
+            raise ConfigError(f"auth.token.{required}: missing")
+        _str(token[required], f"auth.token.{required}")
+    keys = [k for k in ("public_key", "jwks") if k in token]
+    if len(keys) != 1:
+        raise ConfigError("auth.token: give exactly one of public_key or jwks")
+    token = dict(token)
+    token[keys[0]] = _file(token[keys[0]], f"auth.token.{keys[0]}", base)
+    return token
+
+
+def _rules(rules: Any) -> list[dict[str, Any]]:
+    """``[[auth.rules]]``: who may do what, per repository pattern."""
+    if not isinstance(rules, list):
+        raise ConfigError("auth.rules: must be an array of tables ([[auth.rules]])")
+    out: list[dict[str, Any]] = []
+    for index, rule in enumerate(rules):
+        key = f"auth.rules[{index}]"
+        rule = _table(rule, key)
+        _known(rule, key, _RULE_KEYS)
+        for action in _RULE_KEYS[1:]:
+            value = rule.get(action, "anyone")
+            ok = value in ("anyone", "authenticated", "nobody") or (
+                isinstance(value, list) and all(isinstance(v, str) for v in value)
+            )
+            if not ok:
+                raise ConfigError(
+                    f"{key}.{action}: must be anyone, authenticated, nobody "
+                    f"or a list of user names, not {value!r}"
+                )
+        out.append(dict(rule))
+    return out
+
+
 def _auth(table: dict[str, Any], base: Path) -> AuthConfig:
     _known(table, "auth", ("htpasswd", "realm", "token", "rules"))
     config = AuthConfig()
@@ -425,41 +475,12 @@ def _auth(table: dict[str, Any], base: Path) -> AuthConfig:
     if "realm" in table:
         config.realm = _str(table["realm"], "auth.realm")
     if "token" in table:
-        token = _table(table["token"], "auth.token")
-        _known(token, "auth.token", _TOKEN_KEYS)
-        for required in ("realm", "service", "issuer"):
-            if required not in token:
-                raise ConfigError(f"auth.token.{required}: missing")
-            _str(token[required], f"auth.token.{required}")
-        keys = [k for k in ("public_key", "jwks") if k in token]
-        if len(keys) != 1:
-            raise ConfigError("auth.token: give exactly one of public_key or jwks")
-        token = dict(token)
-        token[keys[0]] = _file(token[keys[0]], f"auth.token.{keys[0]}", base)
-        config.token = token
+        config.token = _token(_table(table["token"], "auth.token"), base)
     if config.htpasswd is not None and config.token is not None:
         raise ConfigError("auth: give htpasswd or [auth.token], not both")
     if config.htpasswd is None and config.token is None:
         raise ConfigError("auth: needs htpasswd = FILE or an [auth.token] table")
-    rules = table.get("rules", [])
-    if not isinstance(rules, list):
-        raise ConfigError("auth.rules: must be an array of tables ([[auth.rules]])")
-    for index, rule in enumerate(rules):
-        key = f"auth.rules[{index}]"
-        rule = _table(rule, key)
-        _known(rule, key, _RULE_KEYS)
-        for action in _RULE_KEYS[1:]:
-            if action in rule:
-                value = rule[action]
-                ok = value in ("anyone", "authenticated", "nobody") or (
-                    isinstance(value, list) and all(isinstance(v, str) for v in value)
-                )
-                if not ok:
-                    raise ConfigError(
-                        f"{key}.{action}: must be anyone, authenticated, nobody "
-                        f"or a list of user names, not {value!r}"
-                    )
-        config.rules.append(dict(rule))
+    config.rules = _rules(table.get("rules", []))
     return config
 
 

@@ -10,9 +10,16 @@ PYTHON="${PYTHON:-python3}"
     | grep -v "^WARNING: Location" || true
 .venv/bin/python examples/quickstart.py
 
-if ! command -v skopeo >/dev/null 2>&1; then
-    echo "(skopeo is not installed: skipping the dockerconnect serve part; apt-get install skopeo)"
-    exit 0
+missing=()
+for tool in skopeo curl; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if ((${#missing[@]})); then
+    echo "installing Debian packages for the server part: ${missing[*]}"
+    SUDO=""
+    [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 echo
 echo "== dockerconnect serve, for a moment"

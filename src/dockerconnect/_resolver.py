@@ -42,7 +42,7 @@ from dockerconnect._resolve.manifests import Manifests, Resolved
 from dockerconnect._resolve.referrers import Referrers
 from dockerconnect._resolve.retention import PruneReport, Retention, RetentionPolicy, UsageMarks
 from dockerconnect._resolve.shared import FetchCoordinator, gate_for
-from dockerconnect._resolve.sources import Sources
+from dockerconnect._resolve.sources import SharedMisses, Sources
 from dockerconnect._resolve.tasks import Tasks
 from dockerconnect._resolve.walk import Walks
 from dockerconnect._resolve.writes import Writes
@@ -112,7 +112,9 @@ class Resolver:
     each blob from upstream once between them by themselves; replicas over
     another shared store (S3) do so through a ``coordinator`` such as
     :class:`dockerconnect.redis.RedisFetchCoordinator` (see "Running several
-    replicas" in the guides).
+    replicas" in the guides). A coordinator that also remembers misses
+    (``is_miss``, ``remember_miss``, as that one does) shares each
+    connector's "not there" between the replicas for its ``negative_ttl``.
     """
 
     def __init__(
@@ -176,6 +178,9 @@ class Resolver:
             stats=self.stats,
             stall_timeout=stall_timeout,
             health=health,
+            shared_misses=(
+                self.coordinator if isinstance(self.coordinator, SharedMisses) else None
+            ),
         )
         self._usage = UsageMarks(blobs, manifests, clock=self._now)
         self._retention = Retention(

@@ -173,3 +173,37 @@ def test_the_guides_replica_program(
     with redis.Redis.from_url(redis_server.url) as client:
         assert client.hexists("registry-cache:tags:library/alpine", "latest")
         client.delete(*client.keys("registry-cache:*"))
+
+
+@pytest.mark.anyio
+async def test_a_miss_seen_by_one_replica_costs_the_others_nothing(
+    replicas: Replicas, redis_server: RedisServer
+) -> None:
+    """The coordinator's shared miss cache: the upstream is asked once for a
+    tag it does not have, however many replicas ask, within ``negative_ttl``."""
+    from dockerconnect.errors import ManifestUnknown
+    from dockerconnect.redis import RedisFetchCoordinator
+
+    upstream = FakeUpstream("hub")
+    upstream.add("library/app", random_image(seed=3), tag="latest")
+    hub = CountingConnector(upstream)
+    policy = CachingPolicy(negative_ttl=600.0)
+    asked = []
+    for n in range(REPLICAS):
+        manifests, blobs = await replicas.stores()
+        coordinator = await replicas.stack.enter_async_context(
+            RedisFetchCoordinator(redis_server.url, prefix=replicas.prefix)
+        )
+        async with Resolver(
+            f"replica-{n}",
+            manifests=manifests,
+            blobs=blobs,
+            connectors=[hub],
+            policy=policy,
+            coordinator=coordinator,
+        ) as replica:
+            with pytest.raises(ManifestUnknown):
+                await replica.get_manifest("library/app", "no-such-tag")
+            asked.append(hub.total)
+            assert replica.stats.negative_hits == (0 if n == 0 else 1)
+    assert asked == [1, 1, 1]  # only the first replica reached the upstream

@@ -19,7 +19,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import anyio
 import attrs
@@ -114,6 +114,19 @@ class Stalled(UpstreamError):
     """
 
 
+@runtime_checkable
+class SharedMisses(Protocol):
+    """Misses remembered for several resolvers (replicas) at once, such as
+    :class:`dockerconnect.redis.RedisFetchCoordinator`. A failure to reach it
+    (``DockerConnectError``) is logged and the request goes on as without it."""
+
+    async def is_miss(self, connector: str, repository: str, reference: str) -> bool: ...
+
+    async def remember_miss(
+        self, connector: str, repository: str, reference: str, *, ttl: float
+    ) -> None: ...
+
+
 class Sources:
     """The connectors in order, with the resolver's misses, suspects and stall limit."""
 
@@ -127,8 +140,10 @@ class Sources:
         stats: ResolverStats,
         stall_timeout: float,
         health: HealthPolicy | None,
+        shared_misses: SharedMisses | None = None,
     ) -> None:
         self.owner = owner
+        self._shared_misses = shared_misses
         self.health = Health(health, clock=clock, stats=stats)
         self._connectors = connectors
         self._policy_for = policy_for
@@ -197,6 +212,34 @@ class Sources:
         expiry = self._policy_for(connector.name).negative_expiry(self._clock())
         if expiry is not None:
             self._negative[(connector.name, kind, repository, ref)] = expiry
+
+    async def shared_miss(self, connector: Connector, kind: str, repository: str, ref: str) -> bool:
+        """Whether another replica remembered this miss (then it is remembered here too)."""
+        if self._shared_misses is None:
+            return False
+        try:
+            missed = await self._shared_misses.is_miss(connector.name, repository, f"{kind}:{ref}")
+        except DockerConnectError as exc:
+            log.warning("shared miss cache unreachable, asking %r: %s", connector.name, exc)
+            return False
+        if missed:
+            self._stats.negative_hits += 1
+            expiry = self._policy_for(connector.name).negative_expiry(self._clock())
+            if expiry is not None:
+                self._negative[(connector.name, kind, repository, ref)] = expiry
+        return bool(missed)
+
+    async def share_miss(self, connector: Connector, kind: str, repository: str, ref: str) -> None:
+        """Tell the other replicas that ``connector`` has no ``ref``, for the negative TTL."""
+        ttl = self._policy_for(connector.name).negative_ttl
+        if self._shared_misses is None or ttl <= 0:
+            return
+        try:
+            await self._shared_misses.remember_miss(
+                connector.name, repository, f"{kind}:{ref}", ttl=ttl
+            )
+        except DockerConnectError as exc:
+            log.warning("shared miss cache unreachable, miss kept here only: %s", exc)
 
     # -- asking ------------------------------------------------------------------
 
@@ -306,7 +349,9 @@ class Sources:
         failures: dict[str, BaseException] = {}
         what = f"{repository}@{ref}" if ":" in ref else f"{repository}:{ref}"
         for connector in order:
-            if self.remembered_miss(connector, kind, repository, ref):
+            if self.remembered_miss(connector, kind, repository, ref) or await self.shared_miss(
+                connector, kind, repository, ref
+            ):
                 continue
             try:
                 asked = await self.call(connector, request, what, functools.partial(ask, connector))
@@ -324,6 +369,7 @@ class Sources:
                 continue
             if answer is None:
                 self.remember_miss(connector, kind, repository, ref)
+                await self.share_miss(connector, kind, repository, ref)
                 continue
             self._stats.hit(connector.name)
             return Found(connector, answer)

@@ -278,6 +278,21 @@ class _FileWriter:
             await self._fail()
             raise
 
+    def verify(self) -> None:
+        """Check what was written against the digest and size, publishing nothing.
+
+        Raises :class:`~dockerconnect.errors.DigestMismatch` (or ``SizeInvalid``)
+        like :meth:`commit` would, and leaves the writer unusable when it does.
+        A flight calls this to release a blob's last byte to its readers
+        before the (slower) durable :meth:`commit`.
+        """
+        check_writable(self._state, self._verifier.digest)
+        try:
+            self._verifier.verify()
+        except BaseException:
+            self._state = "failed"
+            raise
+
     async def commit(self) -> Descriptor:
         check_writable(self._state, self._verifier.digest)
         try:
@@ -324,7 +339,10 @@ class _FileWriter:
 
     def _pread(self, offset: int, size: int) -> bytes:
         with self._lock:
-            if self._state != "open":
+            # While a commit syncs the file its bytes stay readable here; once
+            # it is renamed (or discarded), readers go to the store.
+            open_ = self._state == "open" or (self._state == "publishing" and self._fd is not None)
+            if not open_:
                 raise BlobUploadInvalid(
                     "the writer is closed: read the blob from the store",
                     digest=self._verifier.digest,
@@ -343,10 +361,18 @@ class _FileWriter:
             self._discard_locked()
             return
         self._append(rest)
+        fd = self._fd
+        assert fd is not None
+        # The slow part (fsync) runs with the file still open to read_back;
+        # only the rename and the directory's fsync happen without it.
+        try:
+            os.fsync(fd)
+        except BaseException:
+            self._discard_locked()
+            raise
         with self._lock:
-            fd, self._fd = self._fd, None
-            assert fd is not None
-            self._root.publish(fd, self._temp, self._final, replace=False)
+            self._fd = None
+        self._root.publish(fd, self._temp, self._final, replace=False, synced=True)
 
     async def _fail(self) -> None:
         self._state = "failed"

@@ -8,8 +8,9 @@ delays the others or the caching, and memory stays bounded (one coalescing
 buffer per flight, one chunk per reader) whatever the blob size.
 
 A reader never receives a blob's last byte before the whole blob has been
-verified (and, when cached, committed): a reader that got every byte can rely
-on it.
+verified: a reader that got every byte can rely on it. Committing the cached
+copy (fsync, rename) may finish after that; until it has, the flight stays
+the digest's one fetch, and readers who join it read the cache writer's file.
 """
 
 from __future__ import annotations
@@ -93,6 +94,8 @@ class BlobFlight(Work):
         self.done = False
         self.cached = False
         self.error: BaseException | None = None
+        #: Why a verified (and served) blob could not be committed to the store.
+        self.cache_error: BaseException | None = None
         self.ready = anyio.Event()
         self.finished = anyio.Event()
         self._progress = anyio.Event()
@@ -104,6 +107,9 @@ class BlobFlight(Work):
         self._reopen: Reopen | None = None
         self._tail: deque[tuple[int, bytes]] = deque()
         self._tail_bytes = 0
+        #: Bytes the cache writer (or the spool) holds: readers behind the
+        #: tail read them back, so the tail keeps every chunk beyond it.
+        self._stored = 0
         self._readers = 0
 
     # -- the driving side ---------------------------------------------------
@@ -133,6 +139,7 @@ class BlobFlight(Work):
         self.size = size
         self.source = source
         self.received = 0
+        self._stored = 0
         self._reopen = reopen
         self._tail.clear()
         self._tail_bytes = 0
@@ -159,12 +166,30 @@ class BlobFlight(Work):
             await anyio.to_thread.run_sync(_pwrite_all, self._spool.fileno(), chunk, offset)
         self._tail.append((offset, chunk))
         self._tail_bytes += len(chunk)
-        while self._tail_bytes - len(self._tail[0][1]) >= TAIL_SIZE:
-            self._tail_bytes -= len(self._tail.popleft()[1])
         self.received += len(chunk)
+        if self._read_back is None:
+            self._stored = self.received
+        self._trim_tail()
         if self.received >= HOLD_FIRST:
             self.ready.set()
         self._notify()
+
+    def stored(self, size: int) -> None:
+        """The cache writer holds ``size`` more bytes (in order): readers that
+        fall behind the tail may now read them back."""
+        if self._read_back is not None:
+            self._stored += size
+            self._trim_tail()
+            self._notify()
+
+    def _trim_tail(self) -> None:
+        # Keep TAIL_SIZE of recent chunks, and every chunk not yet stored.
+        tail = self._tail
+        while (
+            self._tail_bytes - len(tail[0][1]) >= TAIL_SIZE
+            and tail[0][0] + len(tail[0][1]) <= self._stored
+        ):
+            self._tail_bytes -= len(tail.popleft()[1])
 
     def _from_tail(self, pos: int, limit: int) -> bytes | None:
         """Bytes at ``pos`` (up to ``limit``) from the in-memory tail, if it holds them.
@@ -194,8 +219,11 @@ class BlobFlight(Work):
         return min(self.received, size - 1)
 
     def mark_verified(self, *, cached: bool) -> None:
-        """Every byte is in and matches the digest (and, if ``cached``, is
-        committed to the store): release the last byte."""
+        """Every byte is in and matches the digest: release the last byte.
+
+        ``cached``: the blob is being committed to the store (readers still
+        replaying when the writer closes continue from the store).
+        """
         self.cached = cached
         self.verified = True
         self.ready.set()

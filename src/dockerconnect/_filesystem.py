@@ -399,6 +399,46 @@ class _FileWriter:
                 _fsroot.discard(fd, self._temp)
 
 
+class _ParsedManifests:
+    """Manifests read, verified and parsed lately, by digest (bounded, least recent out).
+
+    Every read still reads the file: a file whose bytes equal the ones
+    verified and parsed before is that same manifest (content is addressed by
+    digest, and a :class:`~dockerconnect.Manifest` is immutable), so its
+    hashing and parsing are skipped. Any other bytes are verified as usual.
+    """
+
+    __slots__ = ("_bytes", "_entries")
+
+    #: Bytes of manifest content held at most.
+    LIMIT: Final = 1024 * 1024
+
+    def __init__(self) -> None:
+        self._entries: dict[Digest, tuple[bytes, Manifest]] = {}
+        self._bytes = 0
+
+    def get(self, digest: Digest, content: bytes) -> Manifest | None:
+        entry = self._entries.get(digest)
+        if entry is None or entry[0] != content:
+            return None
+        # Most recent last: dicts keep insertion order.
+        del self._entries[digest]
+        self._entries[digest] = entry
+        return entry[1]
+
+    def put(self, digest: Digest, content: bytes, manifest: Manifest) -> None:
+        if len(content) > self.LIMIT // 4:
+            return
+        old = self._entries.pop(digest, None)
+        if old is not None:
+            self._bytes -= len(old[0])
+        self._entries[digest] = (content, manifest)
+        self._bytes += len(content)
+        while self._bytes > self.LIMIT:
+            evicted = self._entries.pop(next(iter(self._entries)))
+            self._bytes -= len(evicted[0])
+
+
 class _FileChunks:
     """The chunks of a blob file from an offset; closing closes the file.
 
@@ -463,6 +503,7 @@ class FilesystemManifestStore:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self._root = Root(root)
+        self._parsed = _ParsedManifests()
         self._usage = ManifestUsage(
             self._root,
             self._repository,
@@ -494,13 +535,18 @@ class FilesystemManifestStore:
         content = await run("read manifest", read_or_none, path)
         if content is None:
             return None
+        known = self._parsed.get(digest, content)
+        if known is not None:
+            return known
         media_type, newline, data = content.partition(b"\n")
         if not newline:
             raise StorageError(f"manifest file has no media type line: {path}")
         verifier = DigestVerifier(digest, len(data))
         await verifier.aupdate(data)
         verifier.verify()
-        return Manifest.parse(data, media_type.decode("ascii"))
+        manifest = Manifest.parse(data, media_type.decode("ascii"))
+        self._parsed.put(digest, content, manifest)
+        return manifest
 
     async def put_manifest(self, repository: str, manifest: Manifest) -> None:
         repository = validate_repository(repository)

@@ -27,7 +27,7 @@ import anyio.to_thread
 
 from dockerconnect._chain import Work
 from dockerconnect._digest import Digest
-from dockerconnect._stream import BlobStream
+from dockerconnect._stream import CHUNK_SIZE, BlobStream
 from dockerconnect.errors import DockerConnectError, RangeInvalid, ResolverClosed
 
 __all__ = ["BlobFlight", "ReadBack", "Reopen", "coalesce", "copy_error"]
@@ -38,10 +38,13 @@ ReadBack = Callable[[int, int], Awaitable[bytes]]
 Reopen = Callable[[int], Awaitable["BlobStream | None"]]
 
 #: Small network reads are joined to at least this many bytes before a thread
-#: hop (hashing, writing): per-hop overhead dwarfs tiny chunks.
-COALESCE_SIZE = 512 * 1024
-#: Recent chunks kept in memory per flight, for readers that keep up.
-TAIL_SIZE = 8 * 1024 * 1024
+#: hop (hashing, writing): per-hop overhead dwarfs tiny chunks. One store
+#: chunk, so the filesystem writer hashes and writes each piece at once, in
+#: two threads, instead of buffering (and copying) it again.
+COALESCE_SIZE = CHUNK_SIZE
+#: Recent chunks kept in memory per flight, for readers that keep up (and
+#: every chunk the cache writer has not stored yet, however many).
+TAIL_SIZE = 4 * 1024 * 1024
 #: Readers replaying (from the cache writer or the spool) read this much at a
 #: time: small enough that a hundred lagging readers stay cheap, large enough
 #: for few thread hops.

@@ -44,7 +44,7 @@ Reopen = Callable[[int], Awaitable["BlobStream | None"]]
 COALESCE_SIZE = CHUNK_SIZE
 #: Recent chunks kept in memory per flight, for readers that keep up (and
 #: every chunk the cache writer has not stored yet, however many).
-TAIL_SIZE = 4 * 1024 * 1024
+TAIL_SIZE = 2 * 1024 * 1024
 #: Readers replaying (from the cache writer or the spool) read this much at a
 #: time: small enough that a hundred lagging readers stay cheap, large enough
 #: for few thread hops.

@@ -46,8 +46,10 @@ log = logging.getLogger("dockerconnect.resolver")
 
 #: How many times a broken upstream transfer is resumed before giving up.
 MAX_RESUMES = 5
-#: Chunks received ahead of the one being stored (each up to about 1 MiB).
-READ_AHEAD = 4
+#: Chunks (about 1 MiB each) received and handed to readers ahead of the one
+#: being stored: the write-behind. Two measured as fast as four, with less
+#: peak memory (docs/performance.md).
+READ_AHEAD = 2
 #: Bytes a second below which a transfer counts as stalled, averaged over a
 #: stall limit's worth of waiting for the connector (a trickling upstream).
 MIN_RATE = 1024

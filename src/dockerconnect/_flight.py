@@ -20,6 +20,7 @@ import os
 import tempfile
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from typing import IO
 
 import anyio
@@ -313,8 +314,9 @@ class BlobFlight(Work):
                 if data is _COMMITTED:
                     # The cache writer was committed (or failed) meanwhile:
                     # the rest comes from the store, or the error is raised.
-                    async for chunk in self._from_store(pos, on_bytes):
-                        yield chunk
+                    async with aclosing(self._from_store(pos, on_bytes)) as rest:
+                        async for chunk in rest:
+                            yield chunk
                     return
                 if not data:  # still in the writer's buffer: wait for more
                     await self._progress.wait()

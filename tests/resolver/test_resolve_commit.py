@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 import pytest
 from _resolve_helpers import read_all
 
@@ -83,8 +84,7 @@ async def test_readers_get_the_last_byte_while_the_commit_syncs(
                     # The commit is stuck in fsync: nothing under the blob's name,
                     # and the next request joins the same fetch (read back from
                     # the writer's file), not the upstream.
-                    while not syncing.is_set():
-                        await anyio.sleep(0.01)
+                    assert await anyio.to_thread.run_sync(syncing.wait, GUARD)
                     assert await r.blobs.stat(digest) is None and blob_files(tmp_path) == []
                     joined = await r.open_blob("app", digest)
                     assert joined.source == "up"

@@ -16,6 +16,11 @@ What is measured (asyncio, one process, 2 cores shared by everything):
 - **fan-out**: 1, 10 and 100 concurrent readers of one cold blob: wall time,
   upstream transfers (must be 1) and peak RSS growth (``VmHWM`` reset through
   ``/proc/self/clear_refs``), which must not grow with the reader count.
+- **last-access tracking**: warm reads (a 4 KiB blob opened and read, and
+  a manifest by tag) over filesystem stores as shipped (each read notes a
+  use in memory: ``UsageLog.touch``) against the same stores with the
+  capability hidden (no tracking at all), ops/s side by side; and the time
+  one batched ``flush`` takes to write the uses of 1000 distinct blobs.
 - **stall failover**: the first connector answers ``open_blob`` and then
   never sends a byte (or sends 2 MiB, then nothing); the second is healthy.
   Two clients (the second 50 ms after the first, joining the same fetch)
@@ -40,6 +45,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +139,87 @@ async def bench_warm_manifests(repeats: int, ops: int, root: Path) -> list[dict[
                     {"backend": backend, "by": kind, "ops_per_s": ops / med, "median_s": med}
                 )
     return rows
+
+
+_USAGE = frozenset(
+    {"mark", "touch", "flush", "cached", "remove_cached"}
+    | {"mark_manifest", "touch_manifest", "cached_manifests", "remove_cached_manifest"}
+)
+
+
+class Untracked:
+    """A store with its usage log hidden: the resolver then tracks nothing."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _USAGE:
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+async def bench_usage_tracking(repeats: int, ops: int, root: Path) -> dict[str, Any]:
+    image = random_image(seed=5, layers=1, layer_size=4096)
+    layer = image.manifest.layers[0].digest
+    async with AsyncExitStack() as stack:
+        resolvers: dict[bool, Resolver] = {}
+        for tracked in (True, False):
+            d = Path(tempfile.mkdtemp(dir=root))
+            upstream = FakeUpstream("up")
+            upstream.add("app", image, tag="v1")
+            manifests: Any = FilesystemManifestStore(d / "m")
+            blobs: Any = FilesystemBlobStore(d / "b")
+            if not tracked:
+                manifests, blobs = Untracked(manifests), Untracked(blobs)
+            r = Resolver("local", manifests=manifests, blobs=blobs, connectors=[upstream])
+            resolvers[tracked] = await stack.enter_async_context(r)
+            await r.get_manifest("app", "v1")
+            async with await r.open_blob("app", layer) as stream:
+                async for _ in stream:
+                    pass
+            await r.wait_idle()
+
+        async def blob_reads(r: Resolver) -> None:
+            for _ in range(ops):
+                async with await r.open_blob("app", layer) as stream:
+                    async for _ in stream:
+                        pass
+
+        async def manifest_reads(r: Resolver) -> None:
+            for _ in range(ops):
+                await r.get_manifest("app", "v1")
+
+        times: dict[tuple[bool, str], list[float]] = {}
+        for _ in range(repeats):  # alternating, so that drift hits both alike
+            for name, fn in (("blob", blob_reads), ("manifest", manifest_reads)):
+                for tracked, r in resolvers.items():
+                    took = await timed(lambda r=r, fn=fn: fn(r))
+                    times.setdefault((tracked, name), []).append(took)
+        rows = [
+            {
+                "tracked": tracked,
+                **{
+                    f"{name}_ops_per_s": ops / statistics.median(times[(tracked, name)])
+                    for name in ("blob", "manifest")
+                },
+            }
+            for tracked in (True, False)
+        ]
+    # One batched flush: the uses of 1000 distinct held blobs.
+    store = FilesystemBlobStore(Path(tempfile.mkdtemp(dir=root)) / "b")
+    digests = []
+    for i in range(1000):
+        data = i.to_bytes(4, "big") * 16
+        digest = Digest.from_bytes(data)
+        async with store.ingest(digest, len(data)) as writer:
+            await writer.write(data)
+            await writer.commit()
+        digests.append(digest)
+    for i, digest in enumerate(digests):
+        store.touch(digest, time.time() + i)
+    flush_s = await timed(store.flush)
+    return {"rows": rows, "flush_1000_s": flush_s}
 
 
 def baseline_copy(data_chunks: list[bytes], path: Path, digest: Digest) -> None:
@@ -319,6 +406,19 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {row['readers']} | {row['size_mib']:.0f} | {row['median_s']:.2f} | "
             f"{row['upstream_transfers']} | {row['peak_rss_growth_mib']:.1f} |"
         )
+    u = results["usage_tracking"]
+    on, off = u["rows"]
+    out += [
+        "",
+        "### Last-access tracking (filesystem stores, warm reads)",
+        "",
+        "| warm read | tracked (touch, batched flush) ops/s | untracked ops/s | cost |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in ("blob", "manifest"):
+        a, b = on[f"{name}_ops_per_s"], off[f"{name}_ops_per_s"]
+        out.append(f"| {name} | {a:,.0f} | {b:,.0f} | {100 * (b - a) / b:+.1f}% |")
+    out += ["", f"One flush of 1000 distinct uses: {u['flush_1000_s'] * 1000:.1f} ms."]
     out += [
         "",
         "### Stall failover: the first connector goes silent, the second is healthy",
@@ -360,6 +460,9 @@ async def main(args: argparse.Namespace) -> None:
             [1, 10] if quick else [1, 10, 100],
             1 if quick else 3,
             root,
+        )
+        results["usage_tracking"] = await bench_usage_tracking(
+            3 if quick else 5, 100 if quick else 2000, root
         )
         results["stall_failover"] = await bench_stall_failover(
             4 * MiB if quick else 32 * MiB, [0.25] if quick else [0.25, 1.0, 2.0], root

@@ -29,7 +29,7 @@ def main() -> None:
 
     store = args.store.resolve()
     blobs = FilesystemBlobStore(store, name="local")
-    connectors = [HttpConnector(url, verify_blobs=False) for url in args.upstream]
+    connectors = [HttpConnector(url) for url in args.upstream]
     resolver = Resolver(
         "local",
         manifests=FilesystemManifestStore(store),

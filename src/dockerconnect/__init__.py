@@ -11,6 +11,7 @@ it fetches according to a :class:`CachingPolicy`.
 from dockerconnect import errors
 from dockerconnect._descriptor import Annotations, Descriptor, Platform
 from dockerconnect._digest import Digest, DigestVerifier
+from dockerconnect._events import Event, Observer
 from dockerconnect._filesystem import FilesystemBlobStore, FilesystemManifestStore
 from dockerconnect._manifest import (
     DOCKER_MANIFEST,
@@ -34,6 +35,7 @@ from dockerconnect._protocols import (
     ManifestStore,
     ManifestUsageLog,
     ReferrersIndex,
+    ReferrersSource,
     Registry,
     TagRecord,
     UsageLog,
@@ -41,6 +43,7 @@ from dockerconnect._protocols import (
 from dockerconnect._reference import Reference, validate_repository, validate_tag
 from dockerconnect._registry_connector import RegistryConnector
 from dockerconnect._resolve.health import ConnectorHealth, HealthPolicy
+from dockerconnect._resolve.retention import PruneReport, RetentionPolicy
 from dockerconnect._resolver import Resolver
 from dockerconnect._stats import ResolverStats
 from dockerconnect._stream import BlobStream
@@ -56,6 +59,7 @@ __all__ = [
     "OCI_ARTIFACT_MANIFEST",
     "OCI_INDEX",
     "OCI_MANIFEST",
+    "Observer",
     "Annotations",
     "BlobStore",
     "BlobStream",
@@ -69,6 +73,7 @@ __all__ = [
     "Digest",
     "DigestVerifier",
     "DockerConnectError",
+    "Event",
     "FilesystemBlobStore",
     "FilesystemManifestStore",
     "HealthPolicy",
@@ -81,12 +86,15 @@ __all__ = [
     "MemoryManifestStore",
     "OciLayoutConnector",
     "Platform",
+    "PruneReport",
     "Reference",
     "ReferrersIndex",
+    "ReferrersSource",
     "Registry",
     "RegistryConnector",
     "Resolver",
     "ResolverStats",
+    "RetentionPolicy",
     "StaleDecision",
     "TagDecision",
     "TagRecord",

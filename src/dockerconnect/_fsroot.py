@@ -75,7 +75,9 @@ class Root:
             os.makedirs(self.tmp, exist_ok=True)
             remove_leftovers(self.tmp)
         except OSError as exc:
-            raise StorageError(f"could not open store root: {reason(exc)}") from exc
+            # Built by whoever configures the store, not by a client's request:
+            # the path is what they need to fix it.
+            raise StorageError(f"could not open store root {self.path}: {reason(exc)}") from exc
 
     def join(self, *parts: str) -> str:
         """``root/parts…``; refuses any result outside the root.

@@ -76,6 +76,13 @@ class CachingPolicy:
       connector is copied here before the push completes, so it never dangles.
     - ``listing_ttl``: seconds a connector's catalog (``repositories()``) is
       reused, so paging through a merged catalog asks each connector once.
+    - ``referrers_ttl``: seconds a connector's referrers of a digest are
+      served without asking it again (``0``: always ask). An expired answer
+      is served for up to ``stale_if_error`` more seconds when the connector
+      cannot be asked, as a tag is.
+    - ``eager_referrers``: with ``eager``, also cache each eagerly cached
+      manifest's referrers (signatures, SBOMs, attestations) and their blobs.
+      It needs ``eager``: alone it is refused with ``InvalidInput``.
     """
 
     cache_manifests: bool = True
@@ -88,6 +95,15 @@ class CachingPolicy:
     max_blob_size: int | None = None
     pin_on_push: bool = False
     listing_ttl: float = attrs.field(default=30.0, validator=_non_negative)
+    referrers_ttl: float = attrs.field(default=300.0, validator=_non_negative)
+    eager_referrers: bool = attrs.field(default=False)
+
+    @eager_referrers.validator
+    def _needs_eager(self, attribute: attrs.Attribute[bool], value: bool) -> None:
+        if value and not self.eager:
+            raise InvalidInput(
+                "eager_referrers=True caches referrers alongside eager caching: set eager=True too"
+            )
 
     def tag_decision(self, record: TagRecord, now: float) -> TagDecision:
         """Fresh while pushed here or confirmed less than ``tag_ttl`` ago."""
@@ -117,6 +133,18 @@ class CachingPolicy:
         if self.listing_ttl <= 0:
             return None
         return now + self.listing_ttl
+
+    def referrers_decision(self, fetched_at: float, now: float) -> TagDecision:
+        """Whether a connector's referrers answer from ``fetched_at`` is still fresh."""
+        if now < fetched_at + self.referrers_ttl:
+            return TagDecision.FRESH
+        return TagDecision.REVALIDATE
+
+    def referrers_stale_decision(self, fetched_at: float, now: float) -> StaleDecision:
+        """Whether an expired referrers answer may be served when its connector failed."""
+        if now <= fetched_at + self.referrers_ttl + self.stale_if_error:
+            return StaleDecision.SERVE_STALE
+        return StaleDecision.FAIL
 
     def caches_blob(self, size: int) -> bool:
         """Whether a blob of ``size`` bytes fetched through a connector is stored."""

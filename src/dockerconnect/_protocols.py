@@ -30,6 +30,7 @@ __all__ = [
     "ManifestUsageLog",
     "ManifestStore",
     "ReferrersIndex",
+    "ReferrersSource",
     "Registry",
     "TagRecord",
     "TagStore",
@@ -361,6 +362,29 @@ class Connector(Protocol):
     async def repositories(self) -> list[str] | None: ...
 
 
+@runtime_checkable
+class ReferrersSource(Protocol):
+    """An optional capability of a :class:`Connector`: it lists referrers itself.
+
+    A referrer of ``digest`` is a manifest whose ``subject`` is ``digest``
+    (OCI distribution-spec 1.1, "Listing Referrers"); each descriptor carries
+    the referrer's media type, digest, size, ``artifact_type`` and
+    annotations (:meth:`Manifest.referrer() <dockerconnect.Manifest.referrer>`).
+    With ``artifact_type``, only referrers of that type are returned.
+
+    Absent: ``[]`` (no referrers, known subject or not). ``None``: the
+    upstream has no referrers API, so the caller asks for the tag schema
+    instead (the index tagged ``<algorithm>-<hex>``, through
+    :meth:`Connector.get_manifest`). Failed: ``UpstreamError``, never
+    remembered as "no referrers". A connector without this method is asked
+    through the tag schema only.
+    """
+
+    async def referrers(
+        self, repository: str, digest: Digest, *, artifact_type: str | None = None
+    ) -> list[Descriptor] | None: ...
+
+
 @attrs.frozen(slots=True)
 class IntegrityEntry:
     """Where one referenced descriptor resolves.
@@ -445,3 +469,14 @@ class Registry(Protocol):
     async def repositories(self, *, n: int | None = None, last: str | None = None) -> list[str]: ...
 
     async def check(self, repository: str, reference: str) -> IntegrityReport: ...
+
+    async def referrers(
+        self, repository: str, digest: Digest | str, *, artifact_type: str | None = None
+    ) -> list[Descriptor]:
+        """The referrers of ``digest`` (of ``artifact_type``, if given).
+
+        ``[]`` when there are none, whether or not the subject exists: never
+        ``NotFound``. Failed: ``UpstreamError`` when nothing was found and a
+        connector could not be asked.
+        """
+        ...

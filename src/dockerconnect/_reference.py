@@ -189,14 +189,7 @@ class Reference:
                 "to mean the repository)"
             )
         remainder, at, digest_text = value.partition("@")
-        # A tag can hold neither ":" nor "/", and ":" before the last "/" can only
-        # belong to the registry's port or IPv6 address.
-        colon = remainder.rfind(":")
-        if colon > remainder.rfind("/"):
-            name, tag = remainder[:colon], remainder[colon + 1 :]
-        else:
-            name, tag = remainder, None
-
+        name, tag = _split_tag(remainder)
         if not name:
             raise NameInvalid(f"invalid reference {_show(value)}: no repository name")
         registry, repository = _split_docker_domain(name)
@@ -207,10 +200,9 @@ class Reference:
         )
         if problem is not None:
             raise NameInvalid(f"invalid reference {_show(value)}: {problem}")
-        if tag is not None:
-            problem = _tag_problem(tag)
-            if problem is not None:
-                raise TagInvalid(f"invalid reference {_show(value)}: {problem}")
+        problem = None if tag is None else _tag_problem(tag)
+        if problem is not None:
+            raise TagInvalid(f"invalid reference {_show(value)}: {problem}")
         digest = None
         if at:
             try:
@@ -387,3 +379,12 @@ def _show(text: str, limit: int = 80) -> str:
     if len(text) <= limit:
         return repr(text)
     return repr(text[:limit]) + f"… ({len(text)} characters)"
+
+
+def _split_tag(remainder: str) -> tuple[str, str | None]:
+    """``name[:tag]`` split in two. A tag can hold neither ":" nor "/", so a
+    ":" before the last "/" belongs to the registry's port or IPv6 address."""
+    colon = remainder.rfind(":")
+    if colon > remainder.rfind("/"):
+        return remainder[:colon], remainder[colon + 1 :]
+    return remainder, None

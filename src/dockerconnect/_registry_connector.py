@@ -111,3 +111,21 @@ class RegistryConnector:
         self._guard()
         with entered(self.registry):
             return await self.registry.repositories()
+
+    async def referrers(
+        self, repository: str, digest: Digest, *, artifact_type: str | None = None
+    ) -> list[Descriptor] | None:
+        """The inner registry's referrers; ``None`` when it has no ``referrers``,
+        so the caller asks for the tag schema through :meth:`get_manifest`."""
+        self._guard()
+        query = getattr(self.registry, "referrers", None)
+        if query is None:
+            return None
+        with entered(self.registry):
+            try:
+                found: list[Descriptor] = await query(
+                    repository, digest, artifact_type=artifact_type
+                )
+            except NotFound:  # a registry that says so for an unknown repository
+                return []
+            return found

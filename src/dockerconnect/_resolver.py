@@ -20,11 +20,13 @@ from collections.abc import AsyncGenerator, AsyncIterable, Callable, Mapping, Se
 from contextlib import aclosing
 from types import MappingProxyType, TracebackType
 
+import anyio
 import attrs
 
 from dockerconnect._chain import entered
 from dockerconnect._descriptor import Descriptor, Platform
 from dockerconnect._digest import Digest
+from dockerconnect._events import Observer
 from dockerconnect._flight import coalesce
 from dockerconnect._manifest import Manifest
 from dockerconnect._policy import CachingPolicy
@@ -41,6 +43,8 @@ from dockerconnect._resolve.context import Context
 from dockerconnect._resolve.health import ConnectorHealth, HealthPolicy
 from dockerconnect._resolve.listing import Listing, check_paging
 from dockerconnect._resolve.manifests import Manifests, Resolved
+from dockerconnect._resolve.referrers import Referrers
+from dockerconnect._resolve.retention import PruneReport, Retention, RetentionPolicy, UsageMarks
 from dockerconnect._resolve.sources import Sources
 from dockerconnect._resolve.tasks import Tasks
 from dockerconnect._resolve.walk import Walks
@@ -49,6 +53,7 @@ from dockerconnect._stream import BlobStream
 from dockerconnect.errors import (
     BlobUnknown,
     DigestMismatch,
+    DockerConnectError,
     InvalidInput,
     ManifestBlobUnknown,
     ManifestInvalid,
@@ -85,6 +90,10 @@ class Resolver:
     ``default_platform`` is the platform chosen from an index for a client
     that cannot take an index (see :meth:`get_manifest`). ``health`` says
     when a failing connector is skipped without being asked (``None``: never).
+    ``retention`` bounds the cached content (see :meth:`prune`); it needs a
+    blob store that is a :class:`~dockerconnect.UsageLog` (``Unsupported``
+    otherwise). ``observers`` are told of each :class:`~dockerconnect.Event`
+    (``r.observers`` is a list the embedder may change at run time).
     """
 
     def __init__(
@@ -101,6 +110,8 @@ class Resolver:
         stall_timeout: float = STALL_TIMEOUT,
         default_platform: str = "linux/amd64",
         health: HealthPolicy | None = HealthPolicy(),  # noqa: B008 - frozen, safe to share
+        retention: RetentionPolicy | None = None,
+        observers: Sequence[Observer] = (),
     ) -> None:
         if not isinstance(name, str) or not name:
             raise InvalidInput("a resolver needs a non-empty name")
@@ -117,12 +128,16 @@ class Resolver:
         self.policy = policy
         self.overrides: dict[str, CachingPolicy] = dict(overrides)
         self.clock = clock
-        self.stats = ResolverStats()
+        self.stats = ResolverStats(observers=list(observers), clock=self._now)
         self.default_platform = Platform.parse(default_platform)
-        self._build(spool_dir, float(stall_timeout), health)
+        self._build(spool_dir, float(stall_timeout), health, retention)
 
     def _build(
-        self, spool_dir: str | None, stall_timeout: float, health: HealthPolicy | None
+        self,
+        spool_dir: str | None,
+        stall_timeout: float,
+        health: HealthPolicy | None,
+        retention: RetentionPolicy | None,
     ) -> None:
         """The rooms this face delegates to, sharing the stats, clock and policy."""
         name, manifests, blobs = self.name, self.manifests, self.blobs
@@ -136,11 +151,21 @@ class Resolver:
             stall_timeout=stall_timeout,
             health=health,
         )
-        context = Context(name, self._sources, self._tasks, self.stats, self._now, self.policy_for)
+        self._usage = UsageMarks(blobs, manifests, clock=self._now)
+        self._retention = Retention(
+            retention, self._usage, blobs=blobs, manifests=manifests, clock=self._now,
+            stats=self.stats,
+        )  # fmt: skip
+        context = Context(
+            name, self._sources, self._tasks, self.stats, self._now, self.policy_for, self._usage
+        )
         self._manifests = Manifests(context, store=manifests)
         self._blobs = BlobFetch(context, store=blobs, spool_dir=spool_dir)
         self._listing = Listing(context, store=manifests, connectors=lambda: self.connectors)
-        self._walks = Walks(self, manifests=self._manifests, blobs=self._blobs)
+        self._referrers = Referrers(context, store=manifests)
+        self._walks = Walks(
+            self, manifests=self._manifests, blobs=self._blobs, referrers=self._referrers
+        )
 
     def _now(self) -> float:
         return self.clock()
@@ -150,6 +175,10 @@ class Resolver:
     async def __aenter__(self) -> Resolver:
         await self._tasks.open()
         self._walks.reset()
+        self._retention.reset()
+        if self._usage.blobs is not None or self._usage.manifests is not None:
+            # Not counted as work: wait_idle() does not wait for this loop.
+            self._tasks.require().start_soon(self._retention.run)
         return self
 
     async def __aexit__(
@@ -162,6 +191,11 @@ class Resolver:
             await self._tasks.close()
         finally:
             self._blobs.close()
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._usage.flush()  # the uses noted since the last flush
+        except DockerConnectError as exc:
+            log.warning("could not record the last uses of cached content: %s", exc)
 
     async def wait_idle(self) -> None:
         """Wait until no background work (shared fetches, eager caching) is running."""
@@ -172,6 +206,32 @@ class Resolver:
         """Each current connector's health, by name (see :class:`HealthPolicy`)."""
         tracker = self._sources.health
         return MappingProxyType({c.name: tracker.view(c.name) for c in self.connectors})
+
+    @property
+    def observers(self) -> list[Observer]:
+        """Told of each :class:`~dockerconnect.Event`; add or remove at run time."""
+        return self.stats.observers
+
+    @property
+    def retention(self) -> RetentionPolicy | None:
+        """The retention policy (``None``: content is kept until :meth:`prune` is called)."""
+        return self._retention.policy
+
+    async def prune(self) -> PruneReport:
+        """Remove cached content by the retention policy, now; what was removed and kept.
+
+        Only content fetched through a connector is removed, never what was
+        pushed (or pinned by ``pin_on_push``): idle content first (unused for
+        ``max_idle`` seconds on the resolver's clock), then least recently
+        used until the cached bytes are at most ``max_bytes``. A blob being
+        read is read to its end; removed content is fetched again when next
+        asked for. Without a policy nothing is removed and the report counts
+        what is cached. ``Unsupported`` when the blob store does not record
+        use (it is not a :class:`~dockerconnect.UsageLog`). Safe to run in
+        several processes sharing one filesystem store at once.
+        """
+        self._tasks.require()
+        return await self._retention.prune()
 
     def policy_for(self, connector: str | None) -> CachingPolicy:
         """The policy for content from ``connector`` (its override, or the default)."""
@@ -299,6 +359,7 @@ class Resolver:
             )
         self._tasks.require()
         size = len(data) if isinstance(data, (bytes, bytearray, memoryview)) else None
+        await self._usage.pushed_blob(d)  # before the ingest: never taken for a cache
         async with self.blobs.ingest(d, size) as writer:
             if isinstance(data, (bytes, bytearray, memoryview)):
                 view = memoryview(data)
@@ -317,7 +378,9 @@ class Resolver:
 
         Content that resolves only through a connector is accepted (as ProGet
         does); with ``pin_on_push`` it is copied here first. Otherwise
-        ``ManifestBlobUnknown`` lists what resolves nowhere. A manifest's
+        ``ManifestBlobUnknown`` lists what resolves nowhere, and a reference
+        whose declared size is not its content's real size is
+        ``ManifestInvalid`` (no client could pull it). A manifest's
         ``subject`` need not exist (OCI distribution-spec, "Pushing Manifests
         with Subject"). ``tag`` may also be a digest (a push by digest):
         the bytes must hash to it (``DigestMismatch`` otherwise), and no tag
@@ -343,9 +406,11 @@ class Resolver:
                     repository=repository,
                     digest=manifest.digest,
                 )
+            await self._usage.pushed_manifest(repository, manifest.digest)
             await self.manifests.put_manifest(repository, manifest)
             if isinstance(ref, Digest) and ref != manifest.digest:
                 # Pushed by another algorithm's digest: retrievable by it too.
+                await self._usage.pushed_manifest(repository, ref)
                 await self.manifests.put_manifest(repository, attrs.evolve(manifest, digest=ref))
             if isinstance(ref, str):
                 record = TagRecord(manifest.digest, manifest.media_type, self.clock())
@@ -405,19 +470,54 @@ class Resolver:
 
     # -- integrity ----------------------------------------------------------
 
-    async def check(self, repository: str, reference: str) -> IntegrityReport:
+    async def check(
+        self, repository: str, reference: str, *, referrers: bool = False
+    ) -> IntegrityReport:
         """Where every reference of a manifest resolves: here, a connector, or nowhere.
 
         A tag is resolved as :meth:`get_manifest` would; beyond that this only
         inspects: nothing it looks up through connectors is cached, and no
         eager caching starts. The walk is iterative: any depth of index is fine.
+        With ``referrers``, the report also lists each referrer (signature,
+        SBOM, attestation) of the manifest and of an index's children, and
+        what each references, so a mirror's operator sees whether they are
+        held here or only upstream.
         """
         validate_repository(repository)
         ref = parse_reference(reference)
+        if not isinstance(referrers, bool):
+            raise InvalidInput(f"referrers must be True or False, not {referrers!r}")
         self._tasks.require()
         with entered(self):
             manifest = (await self._manifests.resolve(repository, ref)).manifest
-            return await self._walks.report(repository, manifest)
+            return await self._walks.report(repository, manifest, referrers=referrers)
+
+    # -- referrers ----------------------------------------------------------
+
+    async def referrers(
+        self, repository: str, digest: Digest | str, *, artifact_type: str | None = None
+    ) -> list[Descriptor]:
+        """The manifests whose ``subject`` is ``digest`` (OCI 1.1 "Listing Referrers").
+
+        Local referrers (pushed or cached here) first, then each serving
+        connector's in order, de-duplicated by digest; with ``artifact_type``
+        only referrers of that type. ``[]`` when there are none, whether or
+        not the subject exists. A connector's answer is reused for
+        ``referrers_ttl`` seconds and served stale on upstream errors for
+        ``stale_if_error``; ``UpstreamError`` only when nothing was found and
+        a connector could not be asked.
+        """
+        validate_repository(repository)
+        d = Digest.parse(digest)
+        if artifact_type is not None and (
+            not isinstance(artifact_type, str)
+            or not artifact_type
+            or not artifact_type.isprintable()
+        ):
+            raise InvalidInput(f"artifact_type must be a media type, not {artifact_type!r}")
+        self._tasks.require()
+        with entered(self):
+            return await self._referrers.lookup(repository, d, artifact_type)
 
     def _start_eager(self, repository: str, resolved: Resolved) -> None:
         policy = resolved.policy

@@ -6,12 +6,14 @@ here: the mistake is made and the exact line the table shows is asserted.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -21,6 +23,7 @@ from dockerconnect import FilesystemBlobStore, MemoryBlobStore
 from dockerconnect._cli import build_app, build_resolver, check_connectors, main, parse_serve
 from dockerconnect._cli._config import ConfigError
 from dockerconnect.asgi import HtpasswdAuthenticator
+from dockerconnect.testing import random_image
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "guides" / "server.md"
@@ -133,10 +136,8 @@ CASES = [
     ),
     Case(
         "health",
-        "[health]\nfailures = 3",
-        "health: not supported in this version of dockerconnect "
-        f"({dockerconnect.__version__} has no HealthPolicy); remove the section",
-        when=not hasattr(dockerconnect, "HealthPolicy"),
+        "[health]\nfailures = -1",
+        "health.failures: must be a non-negative number, not -1",
     ),
     Case(
         "toml",
@@ -162,6 +163,27 @@ CASES = [
         None,
         "--workers: several workers need --store (one store they share)",
         flags=("--workers", "2"),
+    ),
+    Case(
+        "connector-type",
+        '[[connectors]]\ntype = "oci"\npath = "mirror"',
+        "connectors[0].type: must be one of registry, oci-layout, not 'oci'",
+    ),
+    Case(
+        "layout-path",
+        '[[connectors]]\ntype = "oci-layout"\npath = "mirror"',
+        "connectors[0].path: no such directory {dir}/mirror",
+    ),
+    Case(
+        "layout-not-a-layout",
+        '[[connectors]]\ntype = "oci-layout"\npath = "."',
+        "connectors[0].path: {dir} is not an OCI image layout (no oci-layout file)",
+    ),
+    Case(
+        "layout-key",
+        '[[connectors]]\ntype = "oci-layout"\nurl = "https://r.example"',
+        "connectors[0].url: unknown key (known here: type, path, repository, name, include, "
+        "exclude, policy)",
     ),
 ]
 
@@ -345,3 +367,61 @@ def test_tls_flags(tmp_path: Path) -> None:
         parse_serve(["--tls-cert", str(cert)])
     with pytest.raises(ConfigError, match=r"^--tls-key: no such file"):
         parse_serve(["--tls-cert", str(cert), "--tls-key", str(tmp_path / "nope.pem")])
+
+
+# -- an OCI image layout as a connector; dockerconnect export ---------------------------
+
+
+def _layout(root: Path) -> Any:
+    from tests.layout._layouts import write_layout
+
+    image = random_image(seed=91)
+    write_layout(root, {"v1": image})
+    return image
+
+
+@pytest.mark.anyio
+async def test_an_oci_layout_connector_in_the_config_serves_its_images(tmp_path: Path) -> None:
+    from dockerconnect.layout import OciLayoutConnector
+
+    image = _layout(tmp_path / "carried")
+    (tmp_path / "serve.toml").write_text(
+        '[[connectors]]\ntype = "oci-layout"\npath = "carried"\nname = "usb"\n'
+        'include = ["mirror/*"]\n\n[[connectors]]\nurl = "https://r.example"\n'
+    )
+    config = parse_serve(["--config", str(tmp_path / "serve.toml")])
+    resolver = build_resolver(config)
+    layout = resolver.connectors[0]
+    assert isinstance(layout, OciLayoutConnector)
+    assert layout.name == "usb" and layout.root == (tmp_path / "carried").resolve()
+    assert layout.serves("mirror/app") and not layout.serves("other/app")
+    async with resolver:
+        assert (await resolver.get_manifest("mirror/app", "v1")).digest == image.manifest.digest
+        for connector in resolver.connectors[1:]:
+            await connector.aclose()  # type: ignore[attr-defined]
+
+
+def test_dockerconnect_export_runs_export_main(tmp_path: Path) -> None:
+    image = _layout(tmp_path / "carried")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    command = [sys.executable, "-m", "dockerconnect", "export", "--quiet"]
+    command += ["--layout", str(tmp_path / "carried"), "--output", str(tmp_path / "out")]
+    done = subprocess.run(
+        [*command, "any/app", "v1"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    index = json.loads((tmp_path / "out" / "index.json").read_text())
+    assert [m["digest"] for m in index["manifests"]] == [str(image.manifest.digest)]
+    bad = subprocess.run(
+        [sys.executable, "-m", "dockerconnect", "export", "any/app", "v1", "-o", "x"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert "dockerconnect export: error: nothing to export from" in bad.stderr
+
+
+def test_the_health_section_reaches_the_resolver(tmp_path: Path) -> None:
+    (tmp_path / "serve.toml").write_text("[health]\nfailures = 5\nopen_for = 2.5\n")
+    resolver = build_resolver(parse_serve(["--config", str(tmp_path / "serve.toml")]))
+    policy = resolver._sources.health.policy
+    assert policy == dockerconnect.HealthPolicy(failures=5, open_for=2.5)

@@ -54,6 +54,19 @@ class Extended:
         return [d for d in self._referrers if artifact_type in (None, d.artifact_type)]
 
 
+class WithoutReferrers:
+    """A Registry wrapper that hides ``referrers``, as a registry without it."""
+
+    def __init__(self, inner: Registry) -> None:
+        self._inner = inner
+        self.name = inner.name
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "referrers":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
 async def test_a_manifest_pushed_by_sha512_is_answered_in_sha512(tmp_path: Path) -> None:
     image = random_image(seed=31)
     async with serve(tmp_path) as env:
@@ -83,10 +96,30 @@ async def test_a_manifest_pushed_by_sha512_is_answered_in_sha512(tmp_path: Path)
             assert len(registry.calls) == 1
 
 
+class WithoutDeleteBlob:
+    """A Registry without ``delete_blob`` (it is not part of the protocol)."""
+
+    def __init__(self, inner: Registry) -> None:
+        self._inner = inner
+        self.name = inner.name
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "delete_blob":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
 async def test_blob_delete_calls_the_registry_when_it_can(tmp_path: Path) -> None:
     digest = Digest.from_bytes(b"x")
     async with serve(tmp_path) as env:
-        oci_error(await env.client.delete(f"/v2/app/blobs/{digest}"), 405, "UNSUPPORTED")
+        # The Resolver has delete_blob: the blob goes, and a second DELETE is a 404.
+        await env.resolver.push_blob("app", b"x", digest=digest)
+        assert (await env.client.delete(f"/v2/app/blobs/{digest}")).status_code == 202
+        assert await env.resolver.blobs.stat(digest) is None
+        oci_error(await env.client.delete(f"/v2/app/blobs/{digest}"), 404, "BLOB_UNKNOWN")
+        async with serve(tmp_path / "c", registry=WithoutDeleteBlob(env.resolver)) as plain:
+            r = await plain.client.delete(f"/v2/app/blobs/{digest}")
+            oci_error(r, 405, "UNSUPPORTED")
         registry = Extended(env.resolver)
         async with serve(tmp_path / "b", registry=registry) as sub:
             r = await sub.client.delete(f"/v2/app/blobs/{digest}")
@@ -102,7 +135,8 @@ async def test_referrers_with_and_without_a_filter(tmp_path: Path) -> None:
     sig = Descriptor(OCI_MANIFEST, Digest.from_bytes(b"b"), 11, artifact_type="application/sig")
     async with serve(tmp_path) as env:
         # A registry without referrers: 404, so clients use the tag schema.
-        oci_error(await env.client.get(f"/v2/app/referrers/{subject}"), 404, "UNKNOWN")
+        async with serve(tmp_path / "c", registry=WithoutReferrers(env.resolver)) as bare:
+            oci_error(await bare.client.get(f"/v2/app/referrers/{subject}"), 404, "UNKNOWN")
         registry = Extended(env.resolver, [sbom, sig])
         async with serve(tmp_path / "b", registry=registry) as sub:
             r = await sub.client.get(f"/v2/app/referrers/{subject}")
@@ -207,15 +241,16 @@ async def test_healthz_readyz_and_metrics(tmp_path: Path, caplog: pytest.LogCapt
         env.upstream.add("team/app", image, tag="v1")
         assert (await env.client.get("/healthz")).json() == {"status": "ok"}
         r = await env.client.get("/readyz")
-        assert r.status_code == 200 and r.json()["checks"] == {"store": "ok"}
+        assert r.status_code == 200
+        assert r.json()["checks"] == {"store": "ok", "connectors": {"hub": "up"}}
         with caplog.at_level(logging.INFO, logger="dockerconnect.asgi.access"):
             assert (await env.client.get("/v2/team/app/manifests/v1")).status_code == 200
         (line,) = [r.getMessage() for r in caplog.records if r.name == "dockerconnect.asgi.access"]
         assert '"GET /v2/team/app/manifests/v1" 200' in line and "route=manifest" in line
         text = (await env.client.get("/metrics")).text
         assert (
-            'dockerconnect_upstream_requests_total{connector="hub",operation="get_manifest"} 1.0'
-            in text
+            'dockerconnect_upstream_requests_total{connector="hub",operation="get_manifest",'
+            'outcome="hit"} 1.0' in text
         )
         assert (
             'dockerconnect_http_requests_total{method="GET",route="manifest",status="200"} 1.0'

@@ -245,3 +245,24 @@ async def test_only_dead_sessions_are_swept(tmp_path: Path) -> None:
     os.utime(locked.path, (past, past))
     assert await sessions.sweep() == 2
     assert session_files(tmp_path) == []
+
+
+# -- finding 5: a range of a cold blob is served verified ------------------------------------
+
+
+@pytest.mark.parametrize("header", ["bytes=0-1023", "bytes=-1024", "bytes=4096-8191"])
+async def test_range_of_a_cold_corrupt_blob_is_an_error_not_wrong_bytes(
+    tmp_path: Path, header: str
+) -> None:
+    data = random_blob(8 * 1024 * 1024, 81)
+    async with serve(tmp_path) as env:
+        digest = env.upstream.add_blob("app", data)
+        env.upstream.faults.corrupt_blobs = True
+        for _ in range(2):  # and again on a retry: a mismatch is never remembered as good
+            r = await env.client.get(f"/v2/app/blobs/{digest}", headers={"range": header})
+            oci_error(r, 502, "DIGEST_INVALID")
+        assert await env.resolver.blobs.stat(digest) is None  # nothing cached
+        env.upstream.faults.corrupt_blobs = False
+        r = await env.client.get(f"/v2/app/blobs/{digest}", headers={"range": "bytes=0-1023"})
+        assert r.status_code == 206 and r.content == data[:1024]
+        assert r.headers["content-range"] == f"bytes 0-1023/{len(data)}"

@@ -130,7 +130,6 @@ def test_public_names() -> None:
         "RedisFetchCoordinator",
         "RedisManifestStore",
         "WaitOutcome",
-        "referrer_descriptor",
     ]
 
 

@@ -17,7 +17,7 @@ from dockerconnect.errors import InvalidInput, StorageError
 from dockerconnect.testing import ManifestStoreConformance, ManifestStoreFactory, random_image
 
 pytest.importorskip("redis")
-from dockerconnect.redis import RedisManifestStore, referrer_descriptor
+from dockerconnect.redis import RedisManifestStore
 
 
 def raw_keys(server: RedisServer, prefix: str) -> list[str]:
@@ -87,7 +87,7 @@ async def test_referrers_index(store: RedisManifestStore, redis_server: RedisSer
     await store.put_manifest("app", image)
     await store.put_manifest("app", first)
     await store.put_manifest("app", second)
-    expected = sorted([referrer_descriptor(first), referrer_descriptor(second)], key=str)
+    expected = sorted([first.referrer(), second.referrer()], key=str)
     got = await store.referrers("app", image.digest)
     assert sorted(got, key=str) == expected
     assert [d.digest for d in got] == sorted([first.digest, second.digest], key=str)
@@ -96,18 +96,10 @@ async def test_referrers_index(store: RedisManifestStore, redis_server: RedisSer
     # Per repository, like the manifests themselves.
     assert await store.referrers("other", image.digest) == []
     assert await store.delete_manifest("app", first.digest) is True
-    assert await store.referrers("app", image.digest) == [referrer_descriptor(second)]
+    assert await store.referrers("app", image.digest) == [second.referrer()]
     assert await store.delete_manifest("app", second.digest) is True
     assert await store.referrers("app", image.digest) == []
     assert not any(":referrers:" in key for key in raw_keys(redis_server, store.prefix))
-
-
-def test_referrer_descriptor_falls_back_to_the_config_media_type() -> None:
-    image = random_image(seed=2).manifest
-    assert image.config is not None
-    descriptor = referrer_descriptor(image)
-    assert descriptor.artifact_type == image.config.media_type
-    assert (descriptor.digest, descriptor.size) == (image.digest, len(image.data))
 
 
 @pytest.mark.anyio

@@ -79,6 +79,7 @@ class ExampleServer:
         env: dict[str, str] | None = None,
         scheme: str = "http",
         factory: str | None = None,
+        flags: Sequence[str] = (),
     ) -> None:
         self.store = store
         self.upstreams = list(upstreams)
@@ -89,6 +90,8 @@ class ExampleServer:
         self.scheme = scheme
         #: Run this ``module:function`` app factory under uvicorn instead.
         self.factory = factory
+        #: More ``dockerconnect serve`` flags (``--workers 2``, say).
+        self.flags = list(flags)
         self.log_path = store.parent / f"{store.name}-server.log"
         self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
@@ -118,6 +121,7 @@ class ExampleServer:
             *(sys.executable, "-m", "dockerconnect", "serve", "--config", str(config)),
             *("--host", "127.0.0.1", "--port", str(self.port), "--store", str(self.store)),
             *("--log-level", "warning"),
+            *self.flags,
         ]
         for url in self.upstreams:
             command += ["--upstream", url]
@@ -154,6 +158,11 @@ class ExampleServer:
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"the server did not come up:\n{self.log_text()[-4000:]}")
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
 
     def stop(self) -> None:
         process, self._process = self._process, None

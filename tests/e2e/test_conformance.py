@@ -6,31 +6,21 @@ in front of an upstream ``docker-registry``. Without the suites the tests are
 skipped loudly (``OCI_CONFORMANCE_DIR`` names another place); under
 ``CI=true`` they fail.
 
-Every failure must be one the registry under the server explains: a
-feature the ``Registry`` does not have yet (``referrers``, ``delete_blob``,
-manifests by a ``sha512`` digest), detected at run time. Once the registry
-has the feature, its failures are failures. Each run prints the suite's
-summary line.
-
-A third mode, *featured*, serves a ``Resolver`` wrapped in
-``_featured_registry.FeaturedRegistry``, a test double that adds
-``referrers``, ``delete_blob`` and sha512 aliases: there the server's half
-of those endpoints must pass, whatever the Resolver has.
+Every case must pass: blob DELETE, manifests and blobs by ``sha512``
+digests, index children named by them, and referrers are all the
+Resolver's own. Each run prints the suite's summary line.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 
-from dockerconnect import OCI_INDEX, Digest, MemoryBlobStore, MemoryManifestStore, Resolver
 from dockerconnect.testing import DistributionRegistry
 
 pytestmark = pytest.mark.e2e
@@ -62,39 +52,6 @@ def suites() -> Path:
     return found
 
 
-def lacking() -> set[str]:
-    """The features the library's Resolver does not have yet."""
-    missing = {name for name in ("referrers", "delete_blob") if not hasattr(Resolver, name)}
-
-    async def sha512_manifests() -> bool:
-        data = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}).encode()
-        digest = Digest.from_bytes(data, "sha512")
-        resolver = Resolver("probe", manifests=MemoryManifestStore(), blobs=MemoryBlobStore())
-        async with resolver:
-            try:
-                await resolver.push_manifest("probe", data, media_type=OCI_INDEX, tag=str(digest))
-                await resolver.get_manifest("probe", str(digest))
-            except Exception:
-                return False
-        return True
-
-    if not anyio.run(sha512_manifests):
-        missing.add("sha512_manifests")
-    return missing
-
-
-def explained_by(name: str) -> str | None:
-    """The missing feature a failing test's name points at, if any."""
-    lowered = name.lower()
-    if "referrers" in lowered or "listing references" in lowered:
-        return "referrers"
-    if "blob-delete" in lowered or "delete blob" in lowered:
-        return "delete_blob"
-    if "sha512" in lowered and "manifest" in lowered:
-        return "sha512_manifests"
-    return None
-
-
 def _failures(out: Path, suite: str) -> list[str]:
     if suite == "v1.1":
         text = (
@@ -109,7 +66,7 @@ def _failures(out: Path, suite: str) -> list[str]:
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("suite", ["v1.1", "head"])
-@pytest.mark.parametrize("mode", ["hosted", "proxied", "featured"])
+@pytest.mark.parametrize("mode", ["hosted", "proxied"])
 def test_conformance(
     suite: str, mode: str, suites: Path, tmp_path: Path, make_server: Any, capsys: Any
 ) -> None:
@@ -118,8 +75,6 @@ def test_conformance(
         upstream = DistributionRegistry(root=tmp_path / "upstream")
         upstream.start()
         server = make_server([upstream.url])
-    elif mode == "featured":
-        server = make_server([], factory="tests.e2e._featured_registry:app")
     else:
         server = make_server([])
     try:
@@ -136,12 +91,6 @@ def test_conformance(
     assert summary is not None, done.stdout + done.stderr
     with capsys.disabled():
         print(f"\nOCI conformance {suite}, {mode}: {summary.group(0)}")
-    missing = lacking()
-    if mode == "featured":
-        missing -= {"referrers", "delete_blob"}  # the test double has them
-    unexplained = [name for name in _failures(out, suite) if explained_by(name) not in missing]
-    assert unexplained == [], (
-        f"{summary.group(0)}; failures no missing feature explains "
-        f"(missing: {sorted(missing)}):\n" + "\n".join(unexplained)
-    )
+    failures = _failures(out, suite)
+    assert failures == [], f"{summary.group(0)}; failed:\n" + "\n".join(failures)
     assert "Traceback" not in server.log_text()

@@ -227,3 +227,39 @@ def test_stopped_upstream_cached_content_still_pulls(
     # What was never pulled is not there to serve: an upstream error.
     status, _, body = server.request("GET", "/v2/e2e/offline/manifests/never-pulled")
     assert status == 502, body
+
+
+def _worker_processes(parent: int) -> list[int]:
+    """The uvicorn worker processes (multiprocessing spawns) whose parent is ``parent``."""
+    workers = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue  # gone meanwhile
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and b"spawn_main" in cmdline:
+            workers.append(int(entry.name))
+    return workers
+
+
+def test_two_workers_start_and_serve_one_store(
+    tmp_path: Path, upstream: DistributionRegistry, make_server: Any, skopeo: Skopeo
+) -> None:
+    image = random_image(layers=2, layer_size=100_000, seed=109)
+    push_upstream(upstream, "e2e/workers", image, "v1")
+    server = make_server([upstream.url], flags=["--workers", "2"])
+    deadline = time.monotonic() + 30.0
+    while len(_worker_processes(server.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(_worker_processes(server.pid)) == 2, server.log_text()[-4000:]
+    # Several pulls, so both workers take connections; they share one store.
+    for n in range(3):
+        top = pull(skopeo, server, "e2e/workers:v1", tmp_path / f"out{n}")
+        assert top == str(image.manifest.digest)
+        assert_layout_holds(tmp_path / f"out{n}", image)
+    assert server.request("GET", "/healthz")[0] == 200
+    assert "Traceback" not in server.log_text()

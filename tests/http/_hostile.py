@@ -5,8 +5,8 @@ for measurements, as its own process (``python _hostile.py MODE``, printing
 its URL). Each connection serves one request and is closed. Behaviours:
 
 - ``trickle_headers``: the status line and headers, one byte per ``interval``;
-- ``trickle_body``: headers at once, then the body ``step`` bytes per
-  ``interval``;
+- ``trickle_body``: headers (and the body's first ``fast`` bytes) at once,
+  then the rest ``step`` bytes per ``interval``;
 - ``pages``: a tag listing whose every page holds ``page_bytes`` of names
   and links to a fresh next page, without end (or until ``last_page``);
 - ``gzip_blob``: a blob served with ``Content-Encoding: gzip`` (its bytes are
@@ -38,6 +38,7 @@ class Hostile:
         page_bytes: int = 4 * 1024 * 1024,
         cut_once: int | None = None,
         last_page: int | None = None,
+        fast: int = 0,
     ) -> None:
         self.mode = mode
         self.body = body
@@ -47,6 +48,7 @@ class Hostile:
         self.page_bytes = page_bytes
         self.cut_once = cut_once
         self.last_page = last_page
+        self.fast = fast
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.pages_served = 0
         self.url = ""
@@ -74,7 +76,7 @@ class Hostile:
                 await anyio.sleep(self.interval)
         elif self.mode == "trickle_body":
             whole = _response(200, self.body, self.content_type)
-            split = whole.index(b"\r\n\r\n") + 4
+            split = whole.index(b"\r\n\r\n") + 4 + self.fast
             await stream.send(whole[:split])
             for i in range(split, len(whole), self.step):
                 await anyio.sleep(self.interval)

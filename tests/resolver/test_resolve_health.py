@@ -6,7 +6,7 @@ import anyio
 import pytest
 from _resolve_helpers import Clock, make_resolver
 
-from dockerconnect import CachingPolicy, ConnectorHealth, HealthPolicy
+from dockerconnect import CachingPolicy, ConnectorHealth, Event, HealthPolicy
 from dockerconnect.errors import InvalidInput, ManifestUnknown, UpstreamError
 from dockerconnect.testing import CountingConnector, FakeUpstream, random_image
 
@@ -172,3 +172,45 @@ async def test_health_lists_every_current_connector() -> None:
 def test_health_policy_validates(kwargs: dict[str, object]) -> None:
     with pytest.raises(InvalidInput):
         HealthPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+async def test_a_whole_cycle_is_told_to_observers_and_costs_no_request_while_down() -> None:
+    hub = FakeUpstream("hub")
+    image = random_image(seed=9)
+    hub.add("app", image, tag="v1")
+    counted = CountingConnector(hub)
+    clock = Clock()
+    changes: list[tuple[str | None, str | None, float]] = []
+
+    class Changes:
+        def on_event(self, event: Event) -> None:
+            if event.kind == "health_changed":
+                changes.append((event.connector, event.detail, event.at))
+
+    policy = HealthPolicy(failures=2, open_for=10.0)
+    async with make_resolver(counted, clock=clock, health=policy, observers=[Changes()]) as r:
+        hub.faults.fail = True
+        await _fail(r.get_manifest("app", "v1"))
+        await _fail(r.get_manifest("app", "v1"))  # up -> down for 10 s
+        start = clock.now
+        for _ in range(5):
+            await _fail(r.get_manifest("app", "v1"))  # skipped: no request
+        assert counted.calls["get_manifest"] == 2
+        clock.advance(10)
+        await _fail(r.get_manifest("app", "v1"))  # probing, fails: down for 20 s
+        assert r.health["hub"].retry_at == clock.now + 20.0
+        clock.advance(19.9)
+        await _fail(r.get_manifest("app", "v1"))
+        assert counted.calls["get_manifest"] == 3
+        hub.faults.fail = False
+        clock.advance(0.1)
+        assert (await r.get_manifest("app", "v1")).digest == image.manifest.digest
+        assert counted.calls["get_manifest"] == 4
+    assert [(c, s) for c, s, _ in changes] == [
+        ("hub", "down"),
+        ("hub", "probing"),
+        ("hub", "down"),
+        ("hub", "probing"),
+        ("hub", "up"),
+    ]
+    assert [at - start for _, _, at in changes] == [0.0, 10.0, 10.0, 30.0, 30.0]

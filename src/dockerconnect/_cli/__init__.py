@@ -1,4 +1,5 @@
-"""``dockerconnect serve``: the registry API over a Resolver, with uvicorn.
+"""``dockerconnect serve``: the registry API over a Resolver, with uvicorn
+(and ``dockerconnect export``, :func:`dockerconnect.layout._cli.export_main`).
 
 Flags cover the common case; ``--config FILE`` (TOML, see ``_config``) the
 rest. Flags win over the file where both say something; ``--upstream`` URLs
@@ -35,7 +36,7 @@ from dockerconnect._cli._config import (
     load_config,
     log_level,
 )
-from dockerconnect.errors import DockerConnectError
+from dockerconnect.errors import DockerConnectError, StorageError
 
 __all__ = ["ConfigError", "build_app", "build_resolver", "main", "parse_serve"]
 
@@ -70,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", help="critical, error, warning, info (default), debug")
     serve.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate")
     serve.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
+    commands.add_parser(
+        "export",
+        add_help=False,
+        help="write images as an OCI image layout (dockerconnect export --help)",
+    )
     return parser
 
 
@@ -113,6 +119,8 @@ def parse_serve(argv: Sequence[str], environ: Any = None) -> ServeConfig:
 
 
 def _connector(spec: ConnectorConfig) -> Any:
+    if spec.type == "oci-layout":
+        return _layout_connector(spec)
     from dockerconnect.http import HttpConnector
 
     credentials = None
@@ -127,11 +135,28 @@ def _connector(spec: ConnectorConfig) -> Any:
             exclude=spec.exclude,
             prefix=spec.prefix,
             verify=spec.verify,
-            # The Resolver verifies every blob before its last byte reaches a
-            # client, so the connector need not hash blobs a second time.
-            verify_blobs=False,
+            connect_timeout=spec.connect_timeout,
+            # No verify_blobs=False: the Resolver defers a stream's own
+            # verification to its flight, so each byte is hashed once anyway.
         )
     except (DockerConnectError, ValueError, TypeError) as exc:
+        message = getattr(exc, "message", None) or str(exc)
+        raise ConfigError(f"{spec.key}: {message}") from None
+
+
+def _layout_connector(spec: ConnectorConfig) -> Any:
+    from dockerconnect.layout import OciLayoutConnector
+
+    assert spec.path is not None
+    try:
+        return OciLayoutConnector(
+            spec.path,
+            name=spec.name,
+            include=spec.include,
+            exclude=spec.exclude,
+            repository=spec.repository,
+        )
+    except (DockerConnectError, ValueError) as exc:
         message = getattr(exc, "message", None) or str(exc)
         raise ConfigError(f"{spec.key}: {message}") from None
 
@@ -171,10 +196,17 @@ def build_resolver(config: ServeConfig) -> Resolver:
         spool.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"--store: cannot create {spool}: {exc.strerror}") from None
+    try:
+        manifests, blobs = (
+            FilesystemManifestStore(store),
+            FilesystemBlobStore(store, name=config.name),
+        )
+    except StorageError as exc:
+        raise ConfigError(f"--store: {exc.message}") from None
     return Resolver(
         config.name,
-        manifests=FilesystemManifestStore(store),
-        blobs=FilesystemBlobStore(store, name=config.name),
+        manifests=manifests,
+        blobs=blobs,
         connectors=connectors,
         policy=config.policy,
         overrides=overrides,
@@ -320,6 +352,10 @@ def serve(argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``dockerconnect`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "export":
+        from dockerconnect.layout._cli import export_main
+
+        return export_main(args[1:])
     if not args or args[0] != "serve":
         _parser().parse_args(args)  # prints usage and exits
         return 2

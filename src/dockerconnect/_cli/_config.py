@@ -15,7 +15,9 @@ The file's sections (all optional)::
     [retention]   RetentionPolicy fields, where this version has RetentionPolicy
     [health]      HealthPolicy fields, where this version has HealthPolicy
     [[connectors]]  url, name, include, exclude, prefix, username, username_env,
-                    password_env, password_file, ca_file, verify_tls, policy = {...}
+                    password_env, password_file, ca_file, verify_tls, connect_timeout,
+                    policy = {...}; or type = "oci-layout" with path, repository,
+                    name, include, exclude, policy = {...} (an OCI image layout directory)
     [auth]        htpasswd, realm; or [auth.token] realm, service, issuer,
                   public_key | jwks; and [[auth.rules]] repository, pull, push,
                   delete, admin
@@ -50,6 +52,9 @@ class ConfigError(ValueError):
 
 @attrs.define
 class ConnectorConfig:
+    """One connector: a registry over HTTP (``url``), or an OCI image layout
+    directory (``type = "oci-layout"``: ``path``, ``repository``)."""
+
     url: str
     name: str | None = None
     include: tuple[str, ...] = ()
@@ -59,7 +64,11 @@ class ConnectorConfig:
     password: str | None = attrs.field(default=None, repr=False)
     verify: str | bool = True
     policy: CachingPolicy | None = None
+    connect_timeout: float | None = None
     key: str = "--upstream"
+    type: str = "registry"
+    path: Path | None = None
+    repository: str | None = None
 
 
 @attrs.define
@@ -194,6 +203,7 @@ _CONNECTOR_KEYS = (
     "ca_file",
     "verify_tls",
     "policy",
+    "connect_timeout",
 )
 
 
@@ -204,7 +214,55 @@ def _env(value: object, key: str, environ: Mapping[str, str]) -> str:
     return environ[variable]
 
 
+_LAYOUT_KEYS = ("type", "path", "repository", "name", "include", "exclude", "policy")
+_CONNECTOR_TYPES = ("registry", "oci-layout")
+
+
 def _connector(
+    table: dict[str, Any], key: str, base: Path, environ: Mapping[str, str]
+) -> ConnectorConfig:
+    kind = table.get("type", "registry")
+    if kind not in _CONNECTOR_TYPES:
+        raise ConfigError(f"{key}.type: must be one of {', '.join(_CONNECTOR_TYPES)}, not {kind!r}")
+    if kind == "oci-layout":
+        return _layout_connector(table, key, base)
+    return _registry_connector({k: v for k, v in table.items() if k != "type"}, key, base, environ)
+
+
+def _layout_connector(table: dict[str, Any], key: str, base: Path) -> ConnectorConfig:
+    _known(table, key, _LAYOUT_KEYS)
+    if "path" not in table:
+        raise ConfigError(f"{key}.path: missing (the OCI image layout directory)")
+    path = base / _str(table["path"], f"{key}.path")
+    if not path.is_dir():
+        raise ConfigError(f"{key}.path: no such directory {path}")
+    if not (path / "oci-layout").is_file():
+        raise ConfigError(f"{key}.path: {path} is not an OCI image layout (no oci-layout file)")
+    return ConnectorConfig(
+        "",
+        name=_str(table["name"], f"{key}.name") if "name" in table else None,
+        include=_strings(table.get("include", []), f"{key}.include"),
+        exclude=_strings(table.get("exclude", []), f"{key}.exclude"),
+        policy=_connector_policy(table, key),
+        key=key,
+        type="oci-layout",
+        path=path,
+        repository=(
+            _str(table["repository"], f"{key}.repository") if "repository" in table else None
+        ),
+    )
+
+
+def _connector_policy(table: Mapping[str, Any], key: str) -> CachingPolicy | None:
+    if "policy" not in table:
+        return None
+    policy: CachingPolicy = _attrs_from(
+        CachingPolicy, _table(table["policy"], f"{key}.policy"), f"{key}.policy"
+    )
+    return policy
+
+
+def _registry_connector(
     table: dict[str, Any], key: str, base: Path, environ: Mapping[str, str]
 ) -> ConnectorConfig:
     if "password" in table:
@@ -237,12 +295,13 @@ def _connector(
         verify = _bool(table["verify_tls"], f"{key}.verify_tls")
     if "ca_file" in table:
         verify = str(_file(table["ca_file"], f"{key}.ca_file", base))
-    policy = None
-    if "policy" in table:
-        policy = _attrs_from(
-            CachingPolicy, _table(table["policy"], f"{key}.policy"), f"{key}.policy"
-        )
+    policy = _connector_policy(table, key)
     prefix = _str(table["prefix"], f"{key}.prefix") if "prefix" in table else None
+    connect_timeout = None
+    if "connect_timeout" in table:
+        connect_timeout = _number(table["connect_timeout"], f"{key}.connect_timeout")
+        if connect_timeout <= 0:
+            raise ConfigError(f"{key}.connect_timeout: must be a positive number of seconds")
     return ConnectorConfig(
         url,
         name=_str(table["name"], f"{key}.name") if "name" in table else None,
@@ -253,6 +312,7 @@ def _connector(
         password=password,
         verify=verify,
         policy=policy,
+        connect_timeout=connect_timeout,
         key=key,
     )
 
@@ -346,8 +406,25 @@ def load_config(
         raise ConfigError(f"{file}: not valid TOML: {exc}") from None
     base = file.resolve().parent
     _known(document, "", _SECTIONS)
+    _server(config, _table(document.get("server", {}), "server"), base)
+    store = _table(document.get("store", {}), "store")
+    _known(store, "store", ("path",))
+    if "path" in store:
+        config.store = base / _str(store["path"], "store.path")
+    _uploads(config, _table(document.get("uploads", {}), "uploads"))
+    _policies(config, document)
+    connectors = document.get("connectors", [])
+    if not isinstance(connectors, list):
+        raise ConfigError("connectors: must be an array of tables ([[connectors]])")
+    for index, table in enumerate(connectors):
+        key = f"connectors[{index}]"
+        config.connectors.append(_connector(_table(table, key), key, base, environ))
+    if "auth" in document:
+        config.auth = _auth(_table(document["auth"], "auth"), base)
+    return config
 
-    server = _table(document.get("server", {}), "server")
+
+def _server(config: ServeConfig, server: dict[str, Any], base: Path) -> None:
     _known(server, "server", _SERVER_KEYS)
     if "host" in server:
         config.host = _str(server["host"], "server.host")
@@ -368,12 +445,8 @@ def load_config(
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ConfigError("server: TLS needs both tls_cert and tls_key")
 
-    store = _table(document.get("store", {}), "store")
-    _known(store, "store", ("path",))
-    if "path" in store:
-        config.store = base / _str(store["path"], "store.path")
 
-    uploads = _table(document.get("uploads", {}), "uploads")
+def _uploads(config: ServeConfig, uploads: dict[str, Any]) -> None:
     _known(uploads, "uploads", ("max_sessions", "max_sessions_per_repository", "ttl"))
     if "max_sessions" in uploads:
         config.max_sessions = _int(uploads["max_sessions"], "uploads.max_sessions", low=1)
@@ -384,22 +457,14 @@ def load_config(
     if "ttl" in uploads:
         config.upload_ttl = _number(uploads["ttl"], "uploads.ttl")
 
+
+def _policies(config: ServeConfig, document: Mapping[str, Any]) -> None:
     if "policy" in document:
         config.policy = _attrs_from(CachingPolicy, _table(document["policy"], "policy"), "policy")
     if "retention" in document:
         config.retention = _optional_policy("RetentionPolicy", document["retention"], "retention")
     if "health" in document:
         config.health = _optional_policy("HealthPolicy", document["health"], "health")
-
-    connectors = document.get("connectors", [])
-    if not isinstance(connectors, list):
-        raise ConfigError("connectors: must be an array of tables ([[connectors]])")
-    for index, table in enumerate(connectors):
-        key = f"connectors[{index}]"
-        config.connectors.append(_connector(_table(table, key), key, base, environ))
-    if "auth" in document:
-        config.auth = _auth(_table(document["auth"], "auth"), base)
-    return config
 
 
 def log_level(value: object, key: str) -> str:

@@ -38,11 +38,14 @@ from dockerconnect.errors import (
     ResolverClosed,
     UpstreamDigestMismatch,
     UpstreamError,
+    UpstreamTimeout,
 )
 
 __all__ = ["BlobFetch"]
 
 log = logging.getLogger("dockerconnect.resolver")
+#: INFO: each blob fetched through a connector (a cache miss).
+misses = logging.getLogger("dockerconnect.resolver.misses")
 
 #: How many times a broken upstream transfer is resumed before giving up.
 MAX_RESUMES = 5
@@ -64,6 +67,7 @@ class BlobFetch:
         self._ctx = context
         self.owner = context.owner
         self.store = store
+        self.usage = context.usage
         self._spool_dir = spool_dir
         self._flights: dict[tuple[Digest, tuple[int, ...]], BlobFlight] = {}
 
@@ -82,6 +86,7 @@ class BlobFetch:
         local = await self.store.stat(digest)
         if local is not None:
             self._ctx.stats.hit(self.owner)
+            self._ctx.usage.used_blob(digest)
             return local
         flight = self._flight(digest)
         if flight is not None and flight.size is not None and flight.error is None:
@@ -116,6 +121,8 @@ class BlobFetch:
             local = await self.store.open(digest, offset=offset)
             if local is not None:
                 self._ctx.stats.hit(self.owner)
+                self._ctx.usage.used_blob(digest)
+                self._ctx.stats.emit("served", item="blob", digest=digest, size=local.size)
                 return self._counted(local, offset, self.owner)
         flight = self._flight(digest)
         if flight is not None:
@@ -143,6 +150,7 @@ class BlobFetch:
                 # in: read the store, but say where the bytes came from.
                 local = await self.store.open(flight.digest, offset=offset)
                 if local is not None:
+                    self._ctx.usage.used_blob(flight.digest)
                     flight.release()
                     return self._counted(local, offset, flight.source)
         except BaseException:
@@ -158,8 +166,16 @@ class BlobFetch:
 
     async def location(self, repository: str, digest: Digest) -> str | None:
         """Where the blob is: here, a connector's name, or ``None``. Nothing is cached."""
-        if await self.store.stat(digest) is not None:
-            return self.owner
+        return found[0] if (found := await self._locate(repository, digest)) else None
+
+    async def find(self, repository: str, digest: Digest) -> Descriptor | None:
+        """The blob's descriptor, from here or the first connector that has it; uncached."""
+        return found[1] if (found := await self._locate(repository, digest)) else None
+
+    async def _locate(self, repository: str, digest: Digest) -> tuple[str, Descriptor] | None:
+        local = await self.store.stat(digest)
+        if local is not None:
+            return self.owner, local
 
         async def ask(connector: Connector) -> Descriptor | None:
             found = await connector.stat_blob(repository, digest)
@@ -174,7 +190,7 @@ class BlobFetch:
                 self._ctx.sources.failed(connector, exc, str(digest))
                 continue
             if found is not None:
-                return connector.name
+                return connector.name, found
         return None
 
     # -- copying here ------------------------------------------------------------
@@ -283,6 +299,9 @@ class BlobFetch:
         digest = flight.digest
         size = stream.size
         cache = pin or self._ctx.policy_for(connector.name).caches_blob(size)
+        if pin:
+            await self._ctx.usage.pushed_blob(digest)  # before the ingest: never a cache
+        _log_miss(digest, size, connector.name, cache)
         try:
             async with AsyncExitStack() as stack:
                 stack.push_async_callback(stream.aclose)
@@ -297,7 +316,7 @@ class BlobFetch:
                     await self._pump_resuming(repository, flight, connector, stream, writer.write)
                     verify: Callable[[], None] | None = getattr(writer, "verify", None)
                     if verify is None:
-                        await writer.commit()
+                        await self._durable(writer, digest, connector.name, size, pin)
                         flight.mark_verified(cached=True)
                     else:
                         # Verified: readers get the last byte now. The durable
@@ -306,7 +325,7 @@ class BlobFetch:
                         # the next request joins it and reads the writer's file.
                         verify()
                         flight.mark_verified(cached=True)
-                        await self._commit(flight, writer)
+                        await self._commit(flight, writer, connector.name, size, pin)
                 else:
                     verifier = DigestVerifier(digest, size)
                     await flight.begin(size, connector.name)
@@ -324,17 +343,18 @@ class BlobFetch:
                 digest=digest,
                 repository=repository,
             ) from exc
+        stats = self._ctx.stats
+        stats.emit("fetched", connector=connector.name, item="blob", digest=digest, size=size)
+        if cache and flight.cached:
+            stats.emit("cached", connector=connector.name, item="blob", digest=digest, size=size)
 
-    async def _commit(self, flight: BlobFlight, writer: BlobWriter) -> None:
+    async def _commit(
+        self, flight: BlobFlight, writer: BlobWriter, source: str, size: int, pin: bool
+    ) -> None:
         """Make a verified blob durable; a failure costs the cached copy, not the
-        readers, who were served verified bytes already.
-
-        Shielded: a resolver that closes meanwhile waits for the commit, so a
-        blob its readers got is cached as if they had waited for it.
-        """
+        readers, who were served verified bytes already."""
         try:
-            with anyio.CancelScope(shield=True):
-                await writer.commit()
+            await self._durable(writer, flight.digest, source, size, pin)
         except DockerConnectError as exc:
             flight.cached = False
             flight.cache_error = exc
@@ -342,6 +362,25 @@ class BlobFetch:
         except BaseException:
             flight.cached = False
             raise
+
+    async def _durable(
+        self, writer: BlobWriter, digest: Digest, source: str, size: int, pin: bool
+    ) -> None:
+        """Commit ``writer`` (within retention's admission unless pinned) and mark it.
+
+        The commit and its mark are shielded: a resolver that closes meanwhile
+        waits for them, so a blob its readers got is cached (and counted) as
+        if they had waited for it.
+        """
+        if pin:
+            with anyio.CancelScope(shield=True):
+                await writer.commit()
+            return
+        async with self._ctx.usage.room(size):  # retention's admission
+            with anyio.CancelScope(shield=True):
+                await writer.commit()
+                # Marked after the commit (so its time is the clock's).
+                await self._ctx.usage.cached_blob(digest, source, size)
 
     async def _reopen(self, digest: Digest, offset: int) -> BlobStream | None:
         return await self.store.open(digest, offset=offset)
@@ -356,10 +395,11 @@ class BlobFetch:
     ) -> None:
         """Pump ``stream``; when it breaks, resume from the first byte not yet received.
 
-        A broken transfer is resumed from the same connector; a stalled one
-        from the next connector that has the blob (content is addressed by
-        digest: any source's bytes at an offset are the same bytes, and the
-        whole is verified at the end). While no reader has been let in, a
+        A broken transfer is resumed from the same connector; a stalled or
+        timed-out one (:class:`Stalled`, ``UpstreamTimeout``) from the next
+        connector that has the blob (content is addressed by digest: any
+        source's bytes at an offset are the same bytes, and the whole is
+        verified at the end). While no reader has been let in, a
         stall fails the transfer instead, and the next source starts afresh.
         """
         resumes = 0
@@ -368,7 +408,9 @@ class BlobFetch:
                 await self._pump(flight, connector, stream, sink)
                 return
             except UpstreamError as exc:
-                stalled = isinstance(exc, Stalled)
+                # Too slow (our stall limit, or the connector's own deadline or
+                # minimum rate): the same source would be as slow again.
+                stalled = isinstance(exc, (Stalled, UpstreamTimeout))
                 if isinstance(exc, DigestMismatch) or resumes >= MAX_RESUMES:
                     raise
                 if stalled and flight.replaceable:
@@ -474,6 +516,11 @@ class BlobFetch:
                 connector=connector.name,
                 digest=flight.digest,
             )
+
+
+def _log_miss(digest: Digest, size: int, connector: str, cache: bool) -> None:
+    policy = "" if cache else " (not cached: policy)"
+    misses.info("cache miss: blob %s (%d bytes) from %r%s", digest, size, connector, policy)
 
 
 def _skip(flight: BlobFlight, connector: Connector, stream: BlobStream) -> int:

@@ -1,4 +1,4 @@
-"""What every room of a resolver shares: its name, sources, tasks, counters, clock, policy."""
+"""What every room of a resolver shares: name, sources, tasks, counters, clock, policy, usage."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Callable
 import attrs
 
 from dockerconnect._policy import CachingPolicy
+from dockerconnect._resolve.retention import UsageMarks
 from dockerconnect._resolve.sources import Sources
 from dockerconnect._resolve.tasks import Tasks
 from dockerconnect._stats import ResolverStats
@@ -29,3 +30,5 @@ class Context:
     stats: ResolverStats
     clock: Callable[[], float]
     policy_for: Callable[[str | None], CachingPolicy]
+    #: Where content's origin and use are recorded (a no-op without usage logs).
+    usage: UsageMarks = attrs.field(factory=UsageMarks)

@@ -156,4 +156,4 @@ class Health:
             f", retry at {entry.retry_at:.3f}" if state == "down" else "",
         )
         entry.state = state
-        self._stats.health_changes[(name, state)] += 1
+        self._stats.health_changed(name, state)

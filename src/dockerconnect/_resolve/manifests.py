@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Sequence
+from typing import Any
 
 import attrs
 from typing_extensions import assert_never
@@ -35,6 +36,8 @@ from dockerconnect.errors import DigestMismatch, ManifestUnknown
 __all__ = ["Manifests", "Resolved"]
 
 log = logging.getLogger("dockerconnect.resolver")
+#: INFO: each manifest fetched through a connector (a cache miss).
+misses = logging.getLogger("dockerconnect.resolver.misses")
 
 _IMAGE_TYPES = frozenset(t for t in MANIFEST_MEDIA_TYPES if "index" not in t and "list" not in t)
 
@@ -58,6 +61,7 @@ class Manifests:
         self._ctx = context
         self.owner = context.owner
         self.store = store
+        self.usage = context.usage
 
     # -- resolving -----------------------------------------------------------------
 
@@ -66,7 +70,7 @@ class Manifests:
         if isinstance(ref, Digest):
             local = await self.store.get_manifest(repository, ref)
             if local is not None:
-                self._ctx.stats.hit(self.owner)
+                self._served(repository, ref, local)
                 if local.digest.algorithm != "sha256":
                     # Stored under another algorithm's digest (a push by it):
                     # served as what it is, a manifest whose digest is its sha256.
@@ -80,7 +84,7 @@ class Manifests:
         if decision is TagDecision.FRESH:
             local = await self.store.get_manifest(repository, record.digest)
             if local is not None:
-                self._ctx.stats.hit(self.owner)
+                self._served(repository, record.digest, local)
                 return Resolved(local, self.owner)
             if record.local:
                 raise ManifestUnknown(
@@ -95,6 +99,13 @@ class Manifests:
                 lambda: self._revalidate(repository, ref, record),
             )
         assert_never(decision)
+
+    def _served(self, repository: str, digest: Digest, manifest: Manifest) -> None:
+        self._ctx.stats.hit(self.owner)
+        self._ctx.usage.used_manifest(repository, digest)
+        self._ctx.stats.emit(
+            "served", repository=repository, item="manifest", digest=digest, size=manifest.size
+        )
 
     async def known_here(self, repository: str, ref: Digest | str) -> bool:
         if isinstance(ref, Digest):
@@ -140,8 +151,17 @@ class Manifests:
     async def _keep(self, repository: str, ref: Digest | str, found: Found[Manifest]) -> Resolved:
         manifest, connector = found.value, found.connector
         policy = self._ctx.policy_for(connector.name)
+        fields: dict[str, Any] = {
+            "connector": connector.name, "repository": repository, "item": "manifest",
+            "digest": manifest.digest, "size": manifest.size,
+        }  # fmt: skip
+        self._ctx.stats.emit("fetched", **fields)
         if policy.cache_manifests:
             await self.store.put_manifest(repository, manifest)
+            await self._ctx.usage.cached_manifest(
+                repository, manifest.digest, connector.name, manifest.size
+            )
+            self._ctx.stats.emit("cached", **fields)
             if isinstance(ref, str):
                 existing = await self.store.get_tag(repository, ref)
                 if existing is None or not existing.local:
@@ -149,6 +169,11 @@ class Manifests:
                         manifest.digest, manifest.media_type, self._ctx.clock(), connector.name
                     )
                     await self.store.set_tag(repository, ref, record)
+        misses.info(
+            "cache miss: manifest %s:%s (%s, %d bytes) from %r%s",
+            repository, ref, manifest.digest, len(manifest.data), connector.name,
+            "" if policy.cache_manifests else " (not cached: policy)",
+        )  # fmt: skip
         return Resolved(manifest, connector.name, fetched=True, policy=policy)
 
     # -- revalidating a tag -----------------------------------------------------------
@@ -170,7 +195,7 @@ class Manifests:
                         record.digest, local.media_type, self._ctx.clock(), connector.name
                     )
                     await self.store.set_tag(repository, tag, confirmed)
-                    self._ctx.stats.hit(self.owner)
+                    self._served(repository, record.digest, local)
                     return Resolved(local, self.owner)
             # Changed (or lost locally): fetch the new content by its digest,
             # which is immutable and verifiable, then move the tag.
@@ -212,6 +237,11 @@ class Manifests:
             local = await self.store.get_manifest(repository, record.digest)
             if local is not None:
                 self._ctx.stats.stale_serves += 1
+                self._ctx.usage.used_manifest(repository, record.digest)
+                self._ctx.stats.emit(
+                    "stale_served", repository=repository, item="manifest",
+                    digest=record.digest, size=local.size, detail=tag,
+                )  # fmt: skip
                 log.warning("serving stale tag %s:%s (every upstream failed)", repository, tag)
                 return Resolved(local, self.owner)
         elif decision is StaleDecision.FAIL:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -211,6 +212,13 @@ class Sources:
         wrong = isinstance(exc, DigestMismatch)
         self._stats.failure(connector.name, wrong_bytes=wrong)
         if wrong:
+            digest = getattr(exc, "digest", None)
+            self._stats.emit(
+                "verified_bad",
+                connector=connector.name,
+                digest=digest if isinstance(digest, Digest) else None,
+                detail=what,
+            )
             log.warning("connector %r sent content that does not match %s", connector.name, what)
         elif isinstance(exc, DockerConnectError):
             log.warning("connector %r could not be asked for %s: %s", connector.name, what, exc)
@@ -237,6 +245,7 @@ class Sources:
         self.health.admit(name)  # ConnectorDown, without I/O, while it is down
         self._stats.request(name, request)
         settled = False
+        started = time.perf_counter()
         try:
             with anyio.move_on_after(self.stall_timeout):
                 result = await fn()
@@ -248,11 +257,14 @@ class Sources:
             raise
         except Exception as exc:
             settled = True
+            self._stats.answered(name, request, "error", time.perf_counter() - started)
             self.health.failed(name, exc)
             raise
         finally:
             if not settled:  # cancelled: a probe in flight gives its turn back
                 self.health.abandoned(name)
+        outcome = "miss" if result is None else "hit"
+        self._stats.answered(name, request, outcome, time.perf_counter() - started)
         self.health.succeeded(name)
         return result
 

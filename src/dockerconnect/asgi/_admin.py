@@ -1,6 +1,8 @@
 """The non-standard operator endpoints under ``/_dockerconnect/`` (off by default).
 
-``GET check/<name>/<ref>`` (the registry's ``check()`` as JSON),
+``GET check/<name>/<ref>`` (the registry's ``check()`` as JSON; with
+``?referrers=true`` its referrers too, for a registry whose ``check`` takes
+``referrers=``),
 ``GET connectors`` and ``POST connectors/remove?name=N`` (for a registry with
 a ``connectors`` list, such as a ``Resolver``), and ``GET stats``. With an
 authenticator configured they need the ``admin`` action on repository ``*``.
@@ -8,6 +10,7 @@ authenticator configured they need the ``admin`` action on repository ``*``.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
@@ -24,7 +27,10 @@ log = logging.getLogger("dockerconnect.asgi")
 
 def _report_json(report: IntegrityReport) -> dict[str, Any]:
     def descriptor(d: Descriptor) -> dict[str, Any]:
-        return {"mediaType": d.media_type, "digest": str(d.digest), "size": d.size}
+        out: dict[str, Any] = {"mediaType": d.media_type, "digest": str(d.digest), "size": d.size}
+        if d.artifact_type is not None:
+            out["artifactType"] = d.artifact_type
+        return out
 
     return {
         "repository": report.repository,
@@ -47,7 +53,14 @@ async def admin(ctx: Context, request: Request, response: Response, rest: str) -
         parts = rest[len("check/") :].split("/")
         if len(parts) < 2 or not parts[-1]:
             raise RouteUnknown("use /_dockerconnect/check/<name>/<reference>")
-        report = await ctx.registry.check("/".join(parts[:-1]), parts[-1])
+        name, reference = "/".join(parts[:-1]), parts[-1]
+        if request.param("referrers") in ("1", "true"):
+            check: Any = ctx.registry.check
+            if "referrers" not in inspect.signature(check).parameters:
+                raise Unsupported("this registry's check() cannot include referrers")
+            report = await check(name, reference, referrers=True)
+        else:
+            report = await ctx.registry.check(name, reference)
         await response.json(200, _report_json(report))
     elif rest == "connectors" and request.method == "GET":
         await response.json(200, {"connectors": [c.name for c in _connectors(ctx)]})

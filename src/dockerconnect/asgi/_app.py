@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+from typing_extensions import assert_never
 
 from dockerconnect import Digest, Registry
 from dockerconnect.asgi import _admin, _blob_uploads, _blobs, _listing, _manifests, _ops, _referrers
@@ -173,44 +174,51 @@ class RegistryApp:
     async def _dispatch(self, request: Request, response: Response) -> None:
         """Serve one request, naming its route on ``request.route`` first."""
         path = request.path
-        ctx = self.context
         if path == "/v2" or path.startswith("/v2/"):
             request.route = "v2"  # until the path is known to name an endpoint
             where = route(path)
             request.route = where.endpoint
             await self._check_access(request, where)
-            if where.endpoint == "base":
-                if request.method not in _READ:
-                    not_allowed(request.method, _READ)
-                await response.json(200, {})
-            elif where.endpoint == "catalog":
-                await _listing.catalog(ctx, request, response)
-            elif where.endpoint == "tags":
-                await _listing.tags(ctx, request, response, where.repository)
-            elif where.endpoint == "manifest":
-                await _manifests.manifest(ctx, request, response, where.repository, where.argument)
-            elif where.endpoint == "blob":
-                await _blobs.blob(ctx, request, response, where.repository, where.argument)
-            elif where.endpoint == "uploads":
-                await _blob_uploads.start_upload(ctx, request, response, where.repository)
-            elif where.endpoint == "upload":
-                await _blob_uploads.upload(ctx, request, response, where.repository, where.argument)
-            else:
-                await _referrers.referrers(ctx, request, response, where.repository, where.argument)
+            await self._v2(request, response, where)
         elif path in ("/healthz", "/readyz", "/metrics"):
             request.route = path[1:]
             if path == "/healthz":
                 await _ops.healthz(request, response)
             elif path == "/readyz":
-                await _ops.readyz(ctx, request, response)
+                await _ops.readyz(self.context, request, response)
             else:
                 await _ops.metrics(self.metrics, request, response)
         elif self.admin and path.startswith("/_dockerconnect/"):
             request.route = "admin"
             await self._authorize(request, "*", "admin")
-            await _admin.admin(ctx, request, response, path[len("/_dockerconnect/") :])
+            await _admin.admin(self.context, request, response, path[len("/_dockerconnect/") :])
         else:
             raise RouteUnknown(f"no endpoint at {path}")
+
+    async def _v2(self, request: Request, response: Response, where: Route) -> None:
+        """One distribution-API endpoint, after access was checked."""
+        ctx, name, arg = self.context, where.repository, where.argument
+        endpoint = where.endpoint
+        if endpoint == "base":
+            if request.method not in _READ:
+                not_allowed(request.method, _READ)
+            await response.json(200, {})
+        elif endpoint == "catalog":
+            await _listing.catalog(ctx, request, response)
+        elif endpoint == "tags":
+            await _listing.tags(ctx, request, response, name)
+        elif endpoint == "manifest":
+            await _manifests.manifest(ctx, request, response, name, arg)
+        elif endpoint == "blob":
+            await _blobs.blob(ctx, request, response, name, arg)
+        elif endpoint == "uploads":
+            await _blob_uploads.start_upload(ctx, request, response, name)
+        elif endpoint == "upload":
+            await _blob_uploads.upload(ctx, request, response, name, arg)
+        elif endpoint == "referrers":
+            await _referrers.referrers(ctx, request, response, name, arg)
+        else:
+            assert_never(endpoint)
 
     # -- access control --------------------------------------------------------------
 

@@ -7,14 +7,18 @@ honoured for one range; numbers in it are ASCII digits of any length (a
 start past any blob is 416, an end past the blob is clamped), never
 ``int()`` of an unbounded string. A ``Range`` the server cannot parse, or
 one with several ranges, is ignored and the whole blob served, as RFC 9110
-allows; one whose last byte comes before its first is 416. ``DELETE``
-calls the registry's ``delete_blob`` when it has one.
+allows; one whose last byte comes before its first is 416. A range is asked
+of the registry with its ``length`` where ``open_blob`` takes one (the
+Resolver's does), so a range of a blob not yet held is served only once the
+whole blob is verified: never a wrong byte in a 206. ``DELETE`` calls the
+registry's ``delete_blob`` when it has one.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from typing import Any
 
 from dockerconnect import BlobStream, Digest
 from dockerconnect.asgi._context import Context
@@ -113,12 +117,24 @@ async def _get(ctx: Context, request: Request, response: Response, name: str, re
     descriptor = await ctx.registry.stat_blob(name, digest)
     size = descriptor.size
     start, end = _resolve_range(wanted, size, digest)
-    stream = await ctx.registry.open_blob(name, digest, offset=start)
+    stream = await _open_range(ctx, name, digest, start, end - start + 1)
     headers = [
         *blob_headers(digest, end - start + 1),
         (b"content-range", h(f"bytes {start}-{end}/{size}")),
     ]
     await _send(ctx, request, response, stream, 206, headers, end - start + 1)
+
+
+async def _open_range(
+    ctx: Context, name: str, digest: Digest, start: int, length: int
+) -> BlobStream:
+    """The stream for a range: with ``length`` where the registry takes it, so
+    that a registry still fetching the blob serves the range verified."""
+    if ctx.open_takes_length:
+        open_blob: Any = ctx.registry.open_blob  # Registry's open_blob has no length
+        stream: BlobStream = await open_blob(name, digest, offset=start, length=length)
+        return stream
+    return await ctx.registry.open_blob(name, digest, offset=start)
 
 
 async def _send(
@@ -138,18 +154,23 @@ async def _send(
             await response.start(status, headers)
             await response.pathsend(path, length)
             return
+        chunks = aiter(stream)
+        # The first chunk before the status: a source that fails at once (a
+        # range of a cold blob whose upstream sent wrong bytes) is a clean
+        # error response, not a connection cut after a 206.
+        chunk = await anext(chunks, None) if length else None
         await response.start(status, headers)
         remaining = length
         if remaining == 0:
             await response.body(b"")  # an empty blob (or range) still ends its response
-        else:
-            async for chunk in stream:
-                if len(chunk) >= remaining:
-                    await response.body(chunk[:remaining])
-                    remaining = 0
-                    break
-                remaining -= len(chunk)
-                await response.body(chunk, more=True)
+        while remaining and chunk is not None:
+            if len(chunk) >= remaining:
+                await response.body(chunk[:remaining])
+                remaining = 0
+                break
+            remaining -= len(chunk)
+            await response.body(chunk, more=True)
+            chunk = await anext(chunks, None)
         if remaining:
             # The source ended early without raising: abort rather than
             # end a response shorter than its Content-Length.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable
 
@@ -23,3 +24,17 @@ class Context:
     uploads: UploadSessions
     blob_path: Callable[[Digest], str | os.PathLike[str]] | None = None
     max_manifest_size: int = MAX_MANIFEST_SIZE
+    #: Whether the registry's ``open_blob`` takes ``length=`` (the Resolver's
+    #: does: a range of a cold blob is then served only once verified whole).
+    open_takes_length: bool = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.open_takes_length = _takes(self.registry.open_blob, "length")
+
+
+def _takes(function: Callable[..., object], keyword: str) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # a callable without a signature: ask nothing of it
+        return False
+    return any(p.name == keyword or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)

@@ -10,8 +10,10 @@
   ``dockerconnect_http_requests_total{method, route, status}``,
   ``dockerconnect_http_request_duration_seconds{route}``,
   ``dockerconnect_http_response_bytes_total{route}``,
-  ``dockerconnect_connector_up{connector}`` and the registry's ``stats``
-  (see ``_stats_metrics``).
+  and, for a :class:`~dockerconnect.Resolver`, the series of
+  :mod:`dockerconnect.metrics.prometheus` (counters, upstream latency
+  histograms, connector health); any other registry's ``stats`` through
+  ``_stats_metrics``.
 
 Loggers: ``dockerconnect.asgi`` (errors, start-up), ``dockerconnect.asgi.access``
 (one INFO line per request).
@@ -28,12 +30,14 @@ from typing import Any
 
 import anyio.to_thread
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
+from dockerconnect._stats import ResolverStats
 from dockerconnect.asgi._context import Context
 from dockerconnect.asgi._http import Request, Response
 from dockerconnect.asgi._routing import not_allowed
 from dockerconnect.asgi._stats_metrics import stats_metrics
+from dockerconnect.metrics.prometheus import ResolverCollector, health_families
 
 __all__ = ["ServerMetrics", "access_log", "healthz", "metrics", "readyz"]
 
@@ -43,25 +47,27 @@ _TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 
 
 class _RegistryCollector:
-    """Collects the registry's ``stats`` and connector health at scrape time."""
+    """Collects the registry's ``stats`` and connector health at scrape time.
+
+    A :class:`~dockerconnect.Resolver`'s counters go through
+    :class:`dockerconnect.metrics.prometheus.ResolverCollector`; any other
+    registry's ``stats`` through the generic translation in ``_stats_metrics``.
+    """
 
     def __init__(self, registry: Any) -> None:
         self._registry = registry
+        self._resolver = ResolverCollector(registry)
 
     def collect(self) -> Iterator[Metric]:
         stats = getattr(self._registry, "stats", None)
+        if isinstance(stats, ResolverStats):
+            yield from self._resolver.collect()
+            return
         if stats is not None:
             yield from stats_metrics(stats)
-        health = connector_health(self._registry)
-        if health is not None:
-            up = GaugeMetricFamily(
-                "dockerconnect_connector_up",
-                "1 when a connector is up, 0 when down or probing.",
-                labels=["connector"],
-            )
-            for name, state in sorted(health.items()):
-                up.add_metric([name], 1.0 if state == "up" else 0.0)
-            yield up
+        health = getattr(self._registry, "health", None)
+        if health is not None and hasattr(health, "items"):
+            yield from health_families(dict(health.items()))
 
 
 def connector_health(registry: Any) -> dict[str, str] | None:

@@ -31,32 +31,48 @@ def _name(parts: list[str], suffix_length: int) -> str:
     return validate_repository("/".join(parts[:-suffix_length]))
 
 
+#: Each endpoint by the path components it ends with, tried in order; ``None``
+#: stands for the argument (a digest, reference or session id), which is never
+#: empty. The ``blobs/uploads/`` forms come before ``blobs/<digest>``.
+_SUFFIXES: tuple[tuple[tuple[str | None, ...], Endpoint], ...] = (
+    (("tags", "list"), "tags"),
+    (("blobs", "uploads", ""), "uploads"),
+    (("blobs", "uploads"), "uploads"),
+    (("blobs", "uploads", None), "upload"),
+    (("blobs", None), "blob"),
+    (("manifests", None), "manifest"),
+    (("referrers", None), "referrers"),
+)
+
+
 def route(path: str) -> Route:
     """The endpoint ``path`` names; ``RouteUnknown`` or ``NameInvalid`` otherwise."""
-    if path == "/v2":
-        path = "/v2/"
-    rest = path[len("/v2/") :]
+    rest = "" if path == "/v2" else path[len("/v2/") :]
     if rest == "":
         return Route("base")
     if rest == "_catalog":
         return Route("catalog")
     parts = rest.split("/")
-    n = len(parts)
-    if n >= 3 and parts[-2:] == ["tags", "list"]:
-        return Route("tags", _name(parts, 2))
-    if n >= 4 and parts[-3:] == ["blobs", "uploads", ""]:
-        return Route("uploads", _name(parts, 3))
-    if n >= 3 and parts[-2:] == ["blobs", "uploads"]:
-        return Route("uploads", _name(parts, 2))
-    if n >= 4 and parts[-3:-1] == ["blobs", "uploads"] and ":" not in parts[-1]:
-        return Route("upload", _name(parts, 3), parts[-1])
-    if n >= 3 and parts[-2] == "blobs" and parts[-1]:
-        return Route("blob", _name(parts, 2), parts[-1])
-    if n >= 3 and parts[-2] == "manifests" and parts[-1]:
-        return Route("manifest", _name(parts, 2), parts[-1])
-    if n >= 3 and parts[-2] == "referrers" and parts[-1]:
-        return Route("referrers", _name(parts, 2), parts[-1])
+    for suffix, endpoint in _SUFFIXES:
+        argument = _ends_with(parts, suffix)
+        if argument is None or (endpoint == "upload" and ":" in argument):
+            continue  # a session id never holds ":"; a digest always does
+        return Route(endpoint, _name(parts, len(suffix)), argument)
     raise RouteUnknown(f"no endpoint at {path}")
+
+
+def _ends_with(parts: list[str], suffix: tuple[str | None, ...]) -> str | None:
+    """The argument if ``parts`` are a name followed by ``suffix`` (``""`` when
+    the suffix takes none), else ``None``."""
+    if len(parts) <= len(suffix):
+        return None
+    argument = ""
+    for want, got in zip(suffix, parts[-len(suffix) :], strict=True):
+        if want is None and got:
+            argument = got
+        elif want != got:
+            return None
+    return argument
 
 
 def not_allowed(method: str, allowed: Iterable[str]) -> NoReturn:

@@ -1,4 +1,9 @@
-"""The one translation from a registry's ``stats`` to Prometheus metrics.
+"""The generic translation from a registry's ``stats`` to Prometheus metrics.
+
+A :class:`~dockerconnect.Resolver`'s own counters are exported by
+:mod:`dockerconnect.metrics.prometheus` (labelled families, latency
+histograms); this covers any other ``Registry`` whose ``stats`` is a plain
+object of ``Counter`` and int fields.
 
 Kept apart, and small, because the resolver's counters change shape over
 time: this is the only code that knows them. Labels are real labels

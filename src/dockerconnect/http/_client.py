@@ -262,8 +262,19 @@ class Client:
         return found
 
     async def absent(self, response: httpx.Response) -> bool:
-        """Whether the answer means "not there" (reads a small error body)."""
+        """Whether the answer means "not there" (reads a small error body).
+
+        A 404 from something that is not a registry (an HTML page, without
+        ``Docker-Distribution-API-Version``: a wrong URL, a proxy's error
+        page) is a failure, never remembered as a miss.
+        """
         if response.status_code == 404:
+            if _not_a_registry(response):
+                raise self.failures.error(
+                    f"upstream answered 404 with an HTML page and no "
+                    f"Docker-Distribution-API-Version at {loggable(response.url)}: "
+                    "it does not look like a registry (check the connector's URL)"
+                )
             return True
         if response.status_code in (400, 410):
             return bool(ABSENT_CODES & {c for c, _ in await self.oci_errors(response)})
@@ -492,3 +503,10 @@ def _redact_httpx_log() -> None:
     target = logging.getLogger("httpx")
     if not any(isinstance(f, _RedactingFilter) for f in target.filters):
         target.addFilter(_RedactingFilter())
+
+
+def _not_a_registry(response: httpx.Response) -> bool:
+    content_type = response.headers.get("content-type", "").lower()
+    return "docker-distribution-api-version" not in response.headers and (
+        content_type.startswith("text/html")
+    )

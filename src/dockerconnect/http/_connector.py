@@ -25,11 +25,18 @@ from dockerconnect._manifest import MANIFEST_MEDIA_TYPES, Manifest
 from dockerconnect._reference import validate_repository, validate_tag
 from dockerconnect._registry_connector import matches_patterns
 from dockerconnect._stream import BlobStream
-from dockerconnect.errors import Denied, DigestInvalid, InvalidInput, RangeInvalid, Unauthorized
+from dockerconnect.errors import (
+    Denied,
+    DigestInvalid,
+    DockerConnectError,
+    InvalidInput,
+    RangeInvalid,
+    Unauthorized,
+)
 from dockerconnect.http._auth import Credentials
 from dockerconnect.http._blobs import Blobs, DigestTarget
 from dockerconnect.http._client import Client, Limits
-from dockerconnect.http._errors import Failures
+from dockerconnect.http._errors import Failures, loggable
 from dockerconnect.http._listing import Lister, ListingBounds
 from dockerconnect.http._manifests import Manifests, ManifestTarget
 from dockerconnect.http._referrers import Referrers
@@ -93,7 +100,11 @@ class HttpConnector:
     fails with :class:`~dockerconnect.errors.UpstreamTimeout`, so a resolver
     moves on to its next connector instead of waiting on a trickle.
     ``listing`` (:class:`ListingBounds`) bounds the pages, names and bytes
-    one tag or catalog listing may take.
+    one tag or catalog listing may take. ``connect_timeout`` (seconds)
+    bounds each TCP/TLS connect on its own, as containerd's ``dial_timeout``
+    does: a short one (1-3 s) makes failover from a dead upstream fast,
+    while ``timeout`` keeps its read, write and pool parts (connect 10 s by
+    default).
 
     ``client`` (an ``httpx.AsyncClient`` the caller owns and closes) or
     ``transport`` may be injected; otherwise the connector makes its own
@@ -124,6 +135,7 @@ class HttpConnector:
         library: bool | None = None,
         retry: Retry = DEFAULT_RETRY,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        connect_timeout: float | None = None,
         limits: Limits = DEFAULT_LIMITS,
         listing: ListingBounds = DEFAULT_LISTING,
         max_resumes: int = 3,
@@ -147,6 +159,17 @@ class HttpConnector:
         self.retry = retry
         self.max_resumes = max_resumes
         httpx_timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+        if connect_timeout is not None:
+            if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, (int, float)):
+                raise InvalidInput("connect_timeout must be a number of seconds")
+            if connect_timeout <= 0:
+                raise InvalidInput("connect_timeout must be a positive number of seconds")
+            httpx_timeout = httpx.Timeout(
+                connect=float(connect_timeout),
+                read=httpx_timeout.read,
+                write=httpx_timeout.write,
+                pool=httpx_timeout.pool,
+            )
         http = client or httpx.AsyncClient(
             transport=transport, timeout=httpx_timeout, verify=verify, follow_redirects=False
         )
@@ -252,14 +275,21 @@ class HttpConnector:
         Returns the round-trip time in seconds. A ``200`` or ``401`` answer
         counts as healthy (distribution-spec: ``/v2/`` "MUST" answer one of
         them, and ``401`` only means credentials are needed), so this checks
-        reachability, not credentials. Raises ``UpstreamError`` otherwise.
+        reachability, not credentials. Raises ``UpstreamError`` otherwise,
+        whose message names the URL asked.
         """
         started = anyio.current_time()
-        response = await self._client.send("GET", f"{self._base}/v2/", retry=False)
+        url = f"{self._base}/v2/"
+        try:
+            response = await self._client.send("GET", url, retry=False)
+        except DockerConnectError as exc:
+            raise self._client.failures.error(
+                f"health probe GET {loggable(url)}: {exc.message}", cls=type(exc)
+            ) from (exc.__cause__ or exc)  # the httpx exception, as for every call
         await response.aclose()
         if response.status_code not in (200, 401):
             raise self._client.failures.error(
-                f"health probe GET /v2/ answered {response.status_code}"
+                f"health probe GET {loggable(url)} answered {response.status_code}"
             )
         return anyio.current_time() - started
 
@@ -454,6 +484,21 @@ def _registry_url(
     credentials (user info in the URL counts, unless others are given) and
     whether it is Docker Hub. ``InvalidInput`` for anything that is not an
     http(s) URL with a valid host and port."""
+    parsed = _parse_url(url)
+    if parsed.userinfo:
+        if credentials is None:
+            credentials = Credentials(parsed.username, parsed.password)
+        parsed = parsed.copy_with(username=None, password=None)
+    hub = parsed.host in _DOCKER_HUB_HOSTS
+    if hub:
+        parsed = httpx.URL(DOCKER_HUB_URL)
+    return parsed.copy_with(query=None, fragment=None), credentials, hub
+
+
+def _parse_url(url: str) -> httpx.URL:
+    """``url`` parsed, ``https://`` when it names no scheme; ``InvalidInput``
+    for anything that is not an http(s) URL with a valid host and port and
+    without the API path."""
     if not isinstance(url, str):
         raise InvalidInput(f"registry URL must be a string, not {type(url).__name__}")
     base = url.strip()
@@ -470,11 +515,11 @@ def _registry_url(
         raise InvalidInput(f"registry URL {url!r} has an invalid host {parsed.host!r}")
     if port is not None and not 0 < port <= 65535:
         raise InvalidInput(f"registry URL {url!r} has an invalid port {port}")
-    if parsed.userinfo:
-        if credentials is None:
-            credentials = Credentials(parsed.username, parsed.password)
-        parsed = parsed.copy_with(username=None, password=None)
-    hub = parsed.host in _DOCKER_HUB_HOSTS
-    if hub:
-        parsed = httpx.URL(DOCKER_HUB_URL)
-    return parsed.copy_with(query=None, fragment=None), credentials, hub
+    if "v2" in parsed.path.split("/"):
+        # The connector adds /v2/ itself; a base URL naming it would ask /v2/v2/.
+        base_url = parsed.copy_with(path=parsed.path.split("/v2", 1)[0] or "/", query=None)
+        raise InvalidInput(
+            f"registry URL {loggable(base)!r} has the API path {parsed.path!r} in it: "
+            f"give the registry's base URL, {loggable(str(base_url)).rstrip('/')}"
+        )
+    return parsed

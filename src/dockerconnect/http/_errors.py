@@ -17,6 +17,7 @@ The pure parts only: reading bodies is the client's.
 from __future__ import annotations
 
 import re
+import ssl
 from typing import Any, TypedDict
 
 import httpx
@@ -95,6 +96,30 @@ class Where(TypedDict):
     digest: Digest | None
 
 
+def _plain_http_hint(exc: httpx.ConnectError) -> str:
+    """A hint for a TLS handshake that failed against what may be plain HTTP."""
+    try:
+        url = exc.request.url
+    except RuntimeError:  # an exception raised without its request
+        return ""
+    if url.scheme != "https" or not _tls_failed(exc):
+        return ""
+    plain = loggable(url.copy_with(scheme="http", path="/", query=None))
+    return f" over TLS (if the upstream speaks plain HTTP, use {plain.rstrip('/')})"
+
+
+def _tls_failed(exc: BaseException) -> bool:
+    """Whether a connect error came from the TLS handshake (the chain holds an SSLError)."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # the chain is short; never loop on a cycle
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLError) or "SSL" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 class Failures:
     """Builds the errors of one connector, each naming it."""
 
@@ -124,7 +149,7 @@ class Failures:
         if isinstance(exc, httpx.TimeoutException):
             what = "timed out"
         elif isinstance(exc, httpx.ConnectError):
-            what = "could not connect"
+            what = "could not connect" + _plain_http_hint(exc)
         elif isinstance(exc, (httpx.NetworkError, httpx.RemoteProtocolError)):
             what = "connection broke"
         else:

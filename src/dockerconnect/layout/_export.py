@@ -189,7 +189,20 @@ async def export_layout(
     held = getattr(registry, "blobs", None) if hard_links else None
     store = held if isinstance(held, FilesystemBlobStore) else None
     emit = progress if progress is not None else _ignore
+    plan = await _planned(registry, repository, refs, wanted, referrers, qualified)
+    # Only now, with every manifest known, is anything written.
+    return await _write(registry, repository, root, plan, store, emit)
 
+
+async def _planned(
+    registry: Registry,
+    repository: str,
+    refs: Sequence[str | Digest],
+    wanted: tuple[Platform, ...] | None,
+    referrers: bool,
+    qualified: bool,
+) -> _Plan:
+    """Every manifest and blob the export writes, and its index entries; nothing written."""
     plan = _Plan()
     for ref in refs:
         manifest = await registry.get_manifest(repository, str(ref))
@@ -199,8 +212,18 @@ async def export_layout(
             plan.entries.append(entry)
     if referrers:
         await _collect_referrers(registry, repository, wanted, plan)
+    return plan
 
-    # Only now, with every manifest known, is anything written.
+
+async def _write(
+    registry: Registry,
+    repository: str,
+    root: Path,
+    plan: _Plan,
+    store: FilesystemBlobStore | None,
+    emit: Callable[[ExportEvent], None],
+) -> ExportReport:
+    """Blobs first, then manifests, then ``index.json``: a layout that never lies."""
     existing = await run("prepare the layout", prepare, root)
     counts = _Counts(total_bytes=sum(d.size for d in plan.blobs.values()))
     counts.total_blobs = len(plan.blobs)

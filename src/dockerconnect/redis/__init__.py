@@ -5,12 +5,11 @@ Install with ``pip install 'dockerconnect[redis]'``. See
 """
 
 from dockerconnect.redis._coordinator import FetchLease, RedisFetchCoordinator, WaitOutcome
-from dockerconnect.redis._store import RedisManifestStore, referrer_descriptor
+from dockerconnect.redis._store import RedisManifestStore
 
 __all__ = [
     "FetchLease",
     "RedisFetchCoordinator",
     "RedisManifestStore",
     "WaitOutcome",
-    "referrer_descriptor",
 ]

@@ -44,7 +44,7 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
         "dockerconnect.redis needs redis-py: pip install 'dockerconnect[redis]'"
     ) from error
 
-__all__ = ["RedisManifestStore", "referrer_descriptor"]
+__all__ = ["RedisManifestStore"]
 
 # KEYS: manifests, repositories[, referrers]   ARGV: digest, value, repository[, descriptor]
 _PUT_MANIFEST = """
@@ -79,22 +79,6 @@ if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 0 the
 end
 return 1
 """
-
-
-def referrer_descriptor(manifest: Manifest) -> Descriptor:
-    """The descriptor a referrers listing shows for ``manifest`` (distribution-spec
-    1.1, "Listing Referrers"): its media type, digest and size, its
-    ``artifactType`` or else its config's media type, and its annotations."""
-    artifact_type = manifest.artifact_type
-    if artifact_type is None and manifest.config is not None:
-        artifact_type = manifest.config.media_type
-    return Descriptor(
-        manifest.media_type,
-        manifest.digest,
-        len(manifest.data),
-        annotations=manifest.annotations,
-        artifact_type=artifact_type,
-    )
 
 
 class RedisManifestStore:
@@ -175,7 +159,7 @@ class RedisManifestStore:
         ]
         if manifest.subject is not None:
             keys.append(self._referrers_key(repository, manifest.subject.digest))
-            args.append(referrer_descriptor(manifest).to_json())
+            args.append(manifest.referrer().to_json())
         await self._script(_PUT_MANIFEST, keys, args)
 
     async def delete_manifest(self, repository: str, digest: Digest) -> bool:

@@ -1,0 +1,362 @@
+"""Retention: only cached content goes, idle first, then least recently used."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import pytest
+from _resolve_helpers import Clock, read_all
+
+from dockerconnect import (
+    BlobStore,
+    CachingPolicy,
+    Digest,
+    Event,
+    FilesystemBlobStore,
+    FilesystemManifestStore,
+    ManifestStore,
+    MemoryBlobStore,
+    MemoryManifestStore,
+    PruneReport,
+    Resolver,
+    RetentionPolicy,
+)
+from dockerconnect.errors import InvalidInput, Unsupported
+from dockerconnect.testing import CountingConnector, FakeUpstream, random_image
+
+pytestmark = pytest.mark.anyio
+
+Stores = Callable[[], tuple[ManifestStore, BlobStore]]
+
+
+@pytest.fixture(params=["memory", "filesystem"])
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Stores:
+    if request.param == "memory":
+        return lambda: (MemoryManifestStore(), MemoryBlobStore())
+    return lambda: (FilesystemManifestStore(tmp_path / "m"), FilesystemBlobStore(tmp_path / "b"))
+
+
+def _resolver(stores: Stores, *connectors: object, clock: Clock, **kwargs: object) -> Resolver:
+    manifests, blobs = stores()
+    return Resolver(
+        "local",
+        manifests=manifests,
+        blobs=blobs,
+        connectors=connectors,  # type: ignore[arg-type]
+        clock=clock,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def _blobs(n: int, size: int = 1000) -> list[bytes]:
+    return [bytes([i]) * size for i in range(n)]
+
+
+async def test_pushed_content_survives_any_bounds(stores: Stores) -> None:
+    hub = FakeUpstream("hub")
+    upstream_image = random_image(seed=1)
+    hub.add("app", upstream_image, tag="v1")
+    clock = Clock()
+    retention = RetentionPolicy(max_bytes=0, max_idle=0.0, interval=None)
+    policy = CachingPolicy(pin_on_push=True)
+    async with _resolver(stores, hub, clock=clock, retention=retention, policy=policy) as r:
+        pushed = random_image(seed=2)
+        for digest, data in pushed.blobs.items():
+            await r.push_blob("mine", data, digest=digest)
+        await r.push_manifest(
+            "mine", pushed.manifest.data, media_type=pushed.manifest.media_type, tag="v1"
+        )
+        # pin_on_push copies the upstream image's blobs here: pushed too.
+        await r.push_manifest(
+            "app", upstream_image.manifest.data, media_type=upstream_image.manifest.media_type
+        )
+        cached_data = b"cached only" * 100
+        cached = hub.add_blob("app", cached_data)
+        assert await read_all(await r.open_blob("app", cached)) == cached_data
+        await r.wait_idle()  # past max_bytes=0: pruned at once, in the background
+        clock.advance(10_000)
+        report = await r.prune()
+        assert report.kept_bytes == 0
+        assert r.stats.pruned_blobs == 1 and r.stats.pruned_bytes == len(cached_data)
+        assert await r.blobs.stat(cached) is None
+        for digest in (*pushed.blobs, *upstream_image.blobs):
+            assert await r.blobs.stat(digest) is not None
+        assert (await r.get_manifest("mine", "v1")).digest == pushed.manifest.digest
+        assert await r.manifests.get_manifest("app", upstream_image.manifest.digest) is not None
+
+
+async def test_least_recently_used_goes_first_until_within_max_bytes(stores: Stores) -> None:
+    hub = FakeUpstream("hub")
+    datas = _blobs(4)
+    digests = [hub.add_blob("app", d) for d in datas]
+    counted = CountingConnector(hub)
+    clock = Clock()
+    retention = RetentionPolicy(max_bytes=2000, interval=None)
+    async with _resolver(stores, counted, clock=clock, retention=retention) as r:
+
+        async def pull(i: int) -> None:
+            assert await read_all(await r.open_blob("app", digests[i])) == datas[i]
+            await r.wait_idle()  # a prune started past max_bytes has run
+            clock.advance(1)
+
+        await pull(0)
+        await pull(1)
+        await pull(0)  # used again: now more recent than 1
+        assert r.stats.prunes == 1  # the first cached blob had it learn the size
+        await pull(2)  # would be 3000 bytes: room is made first, the least recently used goes
+        held = [await r.blobs.stat(d) is not None for d in digests]
+        assert held == [True, False, True, False]
+        # Pruned before blob 2 was committed: 1000 bytes kept, then 2000 held.
+        assert r.stats.pruned_blobs == 1 and r.stats.cached_bytes == 1000
+        counted.reset()
+        await pull(0)
+        await pull(2)
+        assert counted.opened == {}  # both were kept: no upstream request
+        report = await r.prune()
+        assert report == PruneReport(0, 0, 0, 2000)
+        await pull(3)  # 0 is now the least recently used
+        held = [await r.blobs.stat(d) is not None for d in digests]
+        assert held == [False, False, True, True]
+        assert counted.opened == {digests[3]: 1}
+
+
+async def test_max_idle_removes_only_what_was_unused_for_that_long(stores: Stores) -> None:
+    hub = FakeUpstream("hub")
+    image = random_image(seed=3)
+    hub.add("app", image, tag="v1")
+    old, recent = (hub.add_blob("app", d) for d in _blobs(2))
+    clock = Clock()
+    retention = RetentionPolicy(max_idle=3600.0, interval=None)
+    async with _resolver(stores, hub, clock=clock, retention=retention) as r:
+        await r.get_manifest("app", "v1")
+        await read_all(await r.open_blob("app", old))
+        clock.advance(3000)
+        await read_all(await r.open_blob("app", recent))
+        clock.advance(1000)  # old and the manifest: idle 4000 s; recent: 1000 s
+        report = await r.prune()
+        assert report.removed_blobs == 1 and report.removed_manifests == 1
+        assert await r.blobs.stat(old) is None
+        assert await r.blobs.stat(recent) is not None
+        # The cached tag's manifest is fetched through the connectors again.
+        assert (await r.get_manifest("app", "v1")).digest == image.manifest.digest
+
+
+async def test_a_blob_being_read_is_read_to_its_end_whole(stores: Stores) -> None:
+    hub = FakeUpstream("hub")
+    data = os.urandom(3 * 1024 * 1024 + 7)
+    digest = hub.add_blob("app", data)
+    clock = Clock()
+    retention = RetentionPolicy(max_idle=60.0, interval=None)
+    async with _resolver(stores, hub, clock=clock, retention=retention) as r:
+        await read_all(await r.open_blob("app", digest))
+        stream = await r.open_blob("app", digest)
+        async with stream:
+            chunks = aiter(stream)
+            got = [await anext(chunks)]
+            clock.advance(120)
+            report = await r.prune()
+            assert report.removed_blobs == 1
+            assert await r.blobs.stat(digest) is None
+            got.extend([chunk async for chunk in chunks])
+        assert Digest.from_bytes(b"".join(got)) == digest
+
+
+async def test_events_and_the_store_without_a_usage_log() -> None:
+    class Plain:  # a BlobStore without the UsageLog capability
+        def __init__(self) -> None:
+            self.inner = MemoryBlobStore()
+
+        def __getattr__(self, name: str) -> object:
+            if name in ("mark", "touch", "flush", "cached", "remove_cached"):
+                raise AttributeError(name)
+            return getattr(self.inner, name)
+
+    with pytest.raises(Unsupported, match="cannot prune"):
+        Resolver(
+            "local",
+            manifests=MemoryManifestStore(),
+            blobs=Plain(),  # type: ignore[arg-type]
+            retention=RetentionPolicy(max_bytes=1),
+        )
+    with pytest.raises(InvalidInput):
+        RetentionPolicy(max_bytes=-1)
+    with pytest.raises(InvalidInput):
+        RetentionPolicy(interval=0)
+    hub = FakeUpstream("hub")
+    digest = hub.add_blob("app", b"x" * 10)
+    seen: list[Event] = []
+
+    class Seen:
+        def on_event(self, event: Event) -> None:
+            seen.append(event)
+
+    clock = Clock()
+    async with _resolver(
+        lambda: (MemoryManifestStore(), MemoryBlobStore()),
+        hub,
+        clock=clock,
+        retention=RetentionPolicy(max_idle=1.0, interval=None),
+        observers=[Seen()],
+    ) as r:
+        await read_all(await r.open_blob("app", digest))
+        await read_all(await r.open_blob("app", digest))
+        clock.advance(10)
+        await r.prune()
+    kinds = [e.kind for e in seen]
+    assert kinds == ["fetched", "cached", "served", "pruned"]
+    assert seen[0].connector == "hub" and seen[-1].digest == digest and seen[-1].size == 10
+
+
+async def test_background_pruning_every_interval() -> None:
+    hub = FakeUpstream("hub")
+    digest = hub.add_blob("app", b"y" * 100)
+    retention = RetentionPolicy(max_bytes=0, interval=0.01)
+    async with _resolver(
+        lambda: (MemoryManifestStore(), MemoryBlobStore()), hub, clock=Clock(), retention=retention
+    ) as r:
+        await read_all(await r.open_blob("app", digest))
+        for _ in range(1000):  # bounded: the loop prunes within a few intervals
+            if r.stats.prunes and await r.blobs.stat(digest) is None:
+                break
+            await anyio.sleep(0.01)
+        assert await r.blobs.stat(digest) is None
+        await r.wait_idle()  # the pruning loop is not work wait_idle waits for
+
+
+_SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+_CHILD = textwrap.dedent(
+    """
+    import sys, anyio
+    from dockerconnect import Digest, FilesystemBlobStore
+
+    async def main(root, count):
+        store = FilesystemBlobStore(root)
+        for i in range(count):
+            data = bytes([i]) * 65536
+            digest = Digest.from_bytes(data)
+            async with store.ingest(digest, len(data)) as writer:
+                await writer.write(data)
+                await writer.commit()
+            # Committed: whatever a prune did meanwhile, the blob is held, whole.
+            stream = await store.open(digest)
+            assert stream is not None, f"blob {i} removed under its commit"
+            async with stream:
+                got = b"".join([c async for c in stream])
+            assert got == data, f"blob {i} torn"
+        print("ok", count, flush=True)
+
+    anyio.run(main, sys.argv[1], int(sys.argv[2]))
+    """
+)
+
+
+async def test_a_prune_racing_an_ingest_in_another_process(tmp_path: Path) -> None:
+    root = tmp_path / "b"
+    store = FilesystemBlobStore(root)
+    count = 40
+    long_ago = 1_000.0  # marked cached and idle since long ago
+    for i in range(count):
+        data = bytes([i]) * 65536
+        digest = Digest.from_bytes(data)
+        async with store.ingest(digest, len(data)) as writer:
+            await writer.write(data)
+            await writer.commit()
+        await store.mark(digest, source="hub", at=long_ago)
+    env = {**os.environ, "PYTHONPATH": _SRC}
+    child = subprocess.Popen(  # noqa: ASYNC220 - runs beside the prunes, polled below
+        [sys.executable, "-c", _CHILD, str(root), str(count)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    removed = 0
+    try:
+        async with Resolver(
+            "local",
+            manifests=MemoryManifestStore(),
+            blobs=store,
+            retention=RetentionPolicy(max_idle=3600.0, interval=None),
+        ) as r:  # the real clock: whatever the child commits is in use now
+            for _ in range(2000):  # bounded: until the child is done
+                removed += (await r.prune()).removed_blobs
+                if child.poll() is not None:
+                    break
+    finally:
+        out, err = child.communicate(timeout=120)
+    assert child.returncode == 0, err.decode()
+    assert out.decode().split() == ["ok", str(count)]
+    for i in range(count):
+        data = bytes([i]) * 65536
+        stream = await store.open(Digest.from_bytes(data))
+        assert stream is not None
+        assert await read_all(stream) == data
+    # Removed ones were published again by the child (unmarked, so kept);
+    # the others were refreshed by its commit: in use, not idle. Either way
+    # nothing is cached and idle any more.
+    assert all(b.last_used > long_ago for b in await store.cached())
+    assert 0 <= removed <= count
+
+
+_PRUNER = textwrap.dedent(
+    """
+    import sys, anyio
+    from dockerconnect import FilesystemBlobStore, MemoryManifestStore, Resolver, RetentionPolicy
+
+    async def main(root):
+        policy = RetentionPolicy(max_bytes=0, interval=None)
+        store = FilesystemBlobStore(root)
+        async with Resolver("p", manifests=MemoryManifestStore(), blobs=store,
+                            retention=policy) as r:
+            sys.stdin.readline()  # start together
+            report = await r.prune()
+        print(report.removed_blobs, report.freed_bytes, flush=True)
+
+    anyio.run(main, sys.argv[1])
+    """
+)
+
+
+async def test_processes_pruning_one_store_together_count_each_removal_once(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "b"
+    store = FilesystemBlobStore(root)
+    count, size = 60, 4096
+    for i in range(count):
+        data = i.to_bytes(2, "big") * (size // 2)
+        digest = Digest.from_bytes(data)
+        async with store.ingest(digest, len(data)) as writer:
+            await writer.write(data)
+            await writer.commit()
+        await store.mark(digest, source="hub", at=1_000.0 + i)
+    env = {**os.environ, "PYTHONPATH": _SRC}
+    pruners = [
+        subprocess.Popen(  # noqa: ASYNC220 - started together, awaited below
+            [sys.executable, "-c", _PRUNER, str(root)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        for _ in range(3)
+    ]
+    results = []
+    for pruner in pruners:
+        assert pruner.stdin is not None
+        pruner.stdin.write(b"go\n")
+        pruner.stdin.flush()
+    for pruner in pruners:
+        out, err = await anyio.to_thread.run_sync(lambda p=pruner: p.communicate(timeout=120))
+        assert pruner.returncode == 0, err.decode()
+        removed, freed = map(int, out.split())
+        results.append((removed, freed))
+    assert sum(r for r, _ in results) == count
+    assert sum(f for _, f in results) == count * size
+    assert await store.cached() == []

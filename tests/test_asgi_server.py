@@ -790,7 +790,10 @@ async def test_pathsend_for_local_blob_files(tmp_path: Path) -> None:
             assert await anyio.Path(messages[-1]["path"]).read_bytes() == data
         else:
             assert b"".join(m.get("body", b"") for m in messages[1:]) == data
-        # Warm: the server is handed the file.
+        # Warm: the server is handed the file (once its commit, which may
+        # finish after the last byte, is done; until then a request joins
+        # the fetch).
+        await resolver.wait_idle()
         messages, _ = await call(app, "GET", f"/v2/app/blobs/{digest}", extensions=extensions)
         assert [m["type"] for m in messages] == ["http.response.start", "http.response.pathsend"]
         assert await anyio.Path(messages[1]["path"]).read_bytes() == data

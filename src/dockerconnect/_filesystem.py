@@ -278,6 +278,21 @@ class _FileWriter:
             await self._fail()
             raise
 
+    def verify(self) -> None:
+        """Check what was written against the digest and size, publishing nothing.
+
+        Raises :class:`~dockerconnect.errors.DigestMismatch` (or ``SizeInvalid``)
+        like :meth:`commit` would, and leaves the writer unusable when it does.
+        A flight calls this to release a blob's last byte to its readers
+        before the (slower) durable :meth:`commit`.
+        """
+        check_writable(self._state, self._verifier.digest)
+        try:
+            self._verifier.verify()
+        except BaseException:
+            self._state = "failed"
+            raise
+
     async def commit(self) -> Descriptor:
         check_writable(self._state, self._verifier.digest)
         try:
@@ -324,7 +339,10 @@ class _FileWriter:
 
     def _pread(self, offset: int, size: int) -> bytes:
         with self._lock:
-            if self._state != "open":
+            # While a commit syncs the file its bytes stay readable here; once
+            # it is renamed (or discarded), readers go to the store.
+            open_ = self._state == "open" or (self._state == "publishing" and self._fd is not None)
+            if not open_:
                 raise BlobUploadInvalid(
                     "the writer is closed: read the blob from the store",
                     digest=self._verifier.digest,
@@ -343,10 +361,18 @@ class _FileWriter:
             self._discard_locked()
             return
         self._append(rest)
+        fd = self._fd
+        assert fd is not None
+        # The slow part (fsync) runs with the file still open to read_back;
+        # only the rename and the directory's fsync happen without it.
+        try:
+            os.fsync(fd)
+        except BaseException:
+            self._discard_locked()
+            raise
         with self._lock:
-            fd, self._fd = self._fd, None
-            assert fd is not None
-            self._root.publish(fd, self._temp, self._final, replace=False)
+            self._fd = None
+        self._root.publish(fd, self._temp, self._final, replace=False, synced=True)
 
     async def _fail(self) -> None:
         self._state = "failed"
@@ -371,6 +397,46 @@ class _FileWriter:
             fd, self._fd = self._fd, None
             if fd is not None:
                 _fsroot.discard(fd, self._temp)
+
+
+class _ParsedManifests:
+    """Manifests read, verified and parsed lately, by digest (bounded, least recent out).
+
+    Every read still reads the file: a file whose bytes equal the ones
+    verified and parsed before is that same manifest (content is addressed by
+    digest, and a :class:`~dockerconnect.Manifest` is immutable), so its
+    hashing and parsing are skipped. Any other bytes are verified as usual.
+    """
+
+    __slots__ = ("_bytes", "_entries")
+
+    #: Bytes of manifest content held at most.
+    LIMIT: Final = 1024 * 1024
+
+    def __init__(self) -> None:
+        self._entries: dict[Digest, tuple[bytes, Manifest]] = {}
+        self._bytes = 0
+
+    def get(self, digest: Digest, content: bytes) -> Manifest | None:
+        entry = self._entries.get(digest)
+        if entry is None or entry[0] != content:
+            return None
+        # Most recent last: dicts keep insertion order.
+        del self._entries[digest]
+        self._entries[digest] = entry
+        return entry[1]
+
+    def put(self, digest: Digest, content: bytes, manifest: Manifest) -> None:
+        if len(content) > self.LIMIT // 4:
+            return
+        old = self._entries.pop(digest, None)
+        if old is not None:
+            self._bytes -= len(old[0])
+        self._entries[digest] = (content, manifest)
+        self._bytes += len(content)
+        while self._bytes > self.LIMIT:
+            evicted = self._entries.pop(next(iter(self._entries)))
+            self._bytes -= len(evicted[0])
 
 
 class _FileChunks:
@@ -437,6 +503,7 @@ class FilesystemManifestStore:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self._root = Root(root)
+        self._parsed = _ParsedManifests()
         self._usage = ManifestUsage(
             self._root,
             self._repository,
@@ -468,13 +535,18 @@ class FilesystemManifestStore:
         content = await run("read manifest", read_or_none, path)
         if content is None:
             return None
+        known = self._parsed.get(digest, content)
+        if known is not None:
+            return known
         media_type, newline, data = content.partition(b"\n")
         if not newline:
             raise StorageError(f"manifest file has no media type line: {path}")
         verifier = DigestVerifier(digest, len(data))
         await verifier.aupdate(data)
         verifier.verify()
-        return Manifest.parse(data, media_type.decode("ascii"))
+        manifest = Manifest.parse(data, media_type.decode("ascii"))
+        self._parsed.put(digest, content, manifest)
+        return manifest
 
     async def put_manifest(self, repository: str, manifest: Manifest) -> None:
         repository = validate_repository(repository)

@@ -8,8 +8,9 @@ delays the others or the caching, and memory stays bounded (one coalescing
 buffer per flight, one chunk per reader) whatever the blob size.
 
 A reader never receives a blob's last byte before the whole blob has been
-verified (and, when cached, committed): a reader that got every byte can rely
-on it.
+verified: a reader that got every byte can rely on it. Committing the cached
+copy (fsync, rename) may finish after that; until it has, the flight stays
+the digest's one fetch, and readers who join it read the cache writer's file.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import tempfile
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from typing import IO
 
 import anyio
@@ -26,7 +28,7 @@ import anyio.to_thread
 
 from dockerconnect._chain import Work
 from dockerconnect._digest import Digest
-from dockerconnect._stream import BlobStream
+from dockerconnect._stream import CHUNK_SIZE, BlobStream
 from dockerconnect.errors import DockerConnectError, RangeInvalid, ResolverClosed
 
 __all__ = ["BlobFlight", "ReadBack", "Reopen", "coalesce", "copy_error"]
@@ -37,10 +39,13 @@ ReadBack = Callable[[int, int], Awaitable[bytes]]
 Reopen = Callable[[int], Awaitable["BlobStream | None"]]
 
 #: Small network reads are joined to at least this many bytes before a thread
-#: hop (hashing, writing): per-hop overhead dwarfs tiny chunks.
-COALESCE_SIZE = 512 * 1024
-#: Recent chunks kept in memory per flight, for readers that keep up.
-TAIL_SIZE = 8 * 1024 * 1024
+#: hop (hashing, writing): per-hop overhead dwarfs tiny chunks. One store
+#: chunk, so the filesystem writer hashes and writes each piece at once, in
+#: two threads, instead of buffering (and copying) it again.
+COALESCE_SIZE = CHUNK_SIZE
+#: Recent chunks kept in memory per flight, for readers that keep up (and
+#: every chunk the cache writer has not stored yet, however many).
+TAIL_SIZE = 2 * 1024 * 1024
 #: Readers replaying (from the cache writer or the spool) read this much at a
 #: time: small enough that a hundred lagging readers stay cheap, large enough
 #: for few thread hops.
@@ -93,6 +98,8 @@ class BlobFlight(Work):
         self.done = False
         self.cached = False
         self.error: BaseException | None = None
+        #: Why a verified (and served) blob could not be committed to the store.
+        self.cache_error: BaseException | None = None
         self.ready = anyio.Event()
         self.finished = anyio.Event()
         self._progress = anyio.Event()
@@ -104,6 +111,9 @@ class BlobFlight(Work):
         self._reopen: Reopen | None = None
         self._tail: deque[tuple[int, bytes]] = deque()
         self._tail_bytes = 0
+        #: Bytes the cache writer (or the spool) holds: readers behind the
+        #: tail read them back, so the tail keeps every chunk beyond it.
+        self._stored = 0
         self._readers = 0
 
     # -- the driving side ---------------------------------------------------
@@ -133,6 +143,7 @@ class BlobFlight(Work):
         self.size = size
         self.source = source
         self.received = 0
+        self._stored = 0
         self._reopen = reopen
         self._tail.clear()
         self._tail_bytes = 0
@@ -159,12 +170,30 @@ class BlobFlight(Work):
             await anyio.to_thread.run_sync(_pwrite_all, self._spool.fileno(), chunk, offset)
         self._tail.append((offset, chunk))
         self._tail_bytes += len(chunk)
-        while self._tail_bytes - len(self._tail[0][1]) >= TAIL_SIZE:
-            self._tail_bytes -= len(self._tail.popleft()[1])
         self.received += len(chunk)
+        if self._read_back is None:
+            self._stored = self.received
+        self._trim_tail()
         if self.received >= HOLD_FIRST:
             self.ready.set()
         self._notify()
+
+    def stored(self, size: int) -> None:
+        """The cache writer holds ``size`` more bytes (in order): readers that
+        fall behind the tail may now read them back."""
+        if self._read_back is not None:
+            self._stored += size
+            self._trim_tail()
+            self._notify()
+
+    def _trim_tail(self) -> None:
+        # Keep TAIL_SIZE of recent chunks, and every chunk not yet stored.
+        tail = self._tail
+        while (
+            self._tail_bytes - len(tail[0][1]) >= TAIL_SIZE
+            and tail[0][0] + len(tail[0][1]) <= self._stored
+        ):
+            self._tail_bytes -= len(tail.popleft()[1])
 
     def _from_tail(self, pos: int, limit: int) -> bytes | None:
         """Bytes at ``pos`` (up to ``limit``) from the in-memory tail, if it holds them.
@@ -194,8 +223,11 @@ class BlobFlight(Work):
         return min(self.received, size - 1)
 
     def mark_verified(self, *, cached: bool) -> None:
-        """Every byte is in and matches the digest (and, if ``cached``, is
-        committed to the store): release the last byte."""
+        """Every byte is in and matches the digest: release the last byte.
+
+        ``cached``: the blob is being committed to the store (readers still
+        replaying when the writer closes continue from the store).
+        """
         self.cached = cached
         self.verified = True
         self.ready.set()
@@ -282,8 +314,9 @@ class BlobFlight(Work):
                 if data is _COMMITTED:
                     # The cache writer was committed (or failed) meanwhile:
                     # the rest comes from the store, or the error is raised.
-                    async for chunk in self._from_store(pos, on_bytes):
-                        yield chunk
+                    async with aclosing(self._from_store(pos, on_bytes)) as rest:
+                        async for chunk in rest:
+                            yield chunk
                     return
                 if not data:  # still in the writer's buffer: wait for more
                     await self._progress.wait()

@@ -112,21 +112,24 @@ class Root:
                 continue
             return fd, path
 
-    def publish(self, fd: int, temp: str, final: str, *, replace: bool) -> None:
+    def publish(
+        self, fd: int, temp: str, final: str, *, replace: bool, synced: bool = False
+    ) -> None:
         """Make the temporary file ``temp`` (open as ``fd``) visible as ``final``.
 
         ``fsync`` before the rename, so a crash never shows a name with
         partial content; ``fsync`` the directory after, so the rename
         persists. With ``replace=False`` an existing ``final`` is kept (the
         content is the same, by its digest) and ``temp`` is removed. Closes
-        ``fd`` in every case.
+        ``fd`` in every case. ``synced``: ``fd`` was ``fsync``-ed already.
         """
         try:
             parent = os.path.dirname(final)
             if not replace and os.path.exists(final):
                 os.unlink(temp)
             else:
-                os.fsync(fd)
+                if not synced:
+                    os.fsync(fd)
                 make_dirs(parent)
                 os.replace(temp, final)
                 fsync_dir(parent)

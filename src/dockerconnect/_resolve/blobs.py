@@ -25,12 +25,11 @@ from dockerconnect._chain import current_chain, waiting_for, would_deadlock
 from dockerconnect._descriptor import Descriptor
 from dockerconnect._digest import Digest, DigestVerifier
 from dockerconnect._flight import BlobFlight, coalesce, copy_error
-from dockerconnect._protocols import BlobStore, Connector
+from dockerconnect._protocols import BlobStore, BlobWriter, Connector
 from dockerconnect._resolve.context import Context
 from dockerconnect._resolve.shared import Gate, Lead
 from dockerconnect._resolve.sources import Nobody, Sources, Stalled, expect
 from dockerconnect._stream import BlobStream
-from dockerconnect._together import together
 from dockerconnect.errors import (
     BlobUnknown,
     ConnectorCycle,
@@ -51,8 +50,10 @@ misses = logging.getLogger("dockerconnect.resolver.misses")
 
 #: How many times a broken upstream transfer is resumed before giving up.
 MAX_RESUMES = 5
-#: Chunks received ahead of the one being stored (each up to about 1 MiB).
-READ_AHEAD = 4
+#: Chunks (about 1 MiB each) received and handed to readers ahead of the one
+#: being stored: the write-behind. Two measured as fast as four, with less
+#: peak memory (docs/performance.md).
+READ_AHEAD = 2
 #: Bytes a second below which a transfer counts as stalled, averaged over a
 #: stall limit's worth of waiting for the connector (a trickling upstream).
 MIN_RATE = 1024
@@ -217,8 +218,9 @@ class BlobFetch:
             await flight.finished.wait()
             if await self.store.stat(digest) is not None:
                 return True
-            if flight.error is not None and not isinstance(flight.error, NotFound):
-                raise copy_error(flight.error)
+            error = flight.error or flight.cache_error
+            if error is not None and not isinstance(error, NotFound):
+                raise copy_error(error)
         return False
 
     async def prefetch(self, repository: str, digest: Digest) -> None:
@@ -345,13 +347,18 @@ class BlobFetch:
                     if lead is not None:
                         await lead.begin(size, connector.name)
                     await self._pump_resuming(repository, flight, connector, stream, writer.write)
-                    if pin:
-                        await writer.commit()
+                    verify: Callable[[], None] | None = getattr(writer, "verify", None)
+                    if verify is None:
+                        await self._durable(writer, digest, connector.name, size, pin)
+                        flight.mark_verified(cached=True)
                     else:
-                        async with self._ctx.usage.room(size):  # retention's admission
-                            await writer.commit()
-                            # Marked after the commit (so its time is the clock's).
-                            await self._ctx.usage.cached_blob(digest, connector.name, size)
+                        # Verified: readers get the last byte now. The durable
+                        # commit (fsync, rename) follows off their critical
+                        # path; the flight stays registered until it ends, so
+                        # the next request joins it and reads the writer's file.
+                        verify()
+                        flight.mark_verified(cached=True)
+                        await self._commit(flight, writer, connector.name, size, pin)
                 else:
                     if lead is not None:
                         # Not cached, so nothing for the others to read: each
@@ -363,7 +370,7 @@ class BlobFetch:
                         repository, flight, connector, stream, verifier.aupdate
                     )
                     verifier.verify()
-                flight.mark_verified(cached=cache)
+                    flight.mark_verified(cached=False)
         except DigestMismatch as exc:
             self._ctx.sources.suspect(connector, digest)
             log.warning("connector %r sent wrong bytes for %s: %s", connector.name, digest, exc)
@@ -375,8 +382,42 @@ class BlobFetch:
             ) from exc
         stats = self._ctx.stats
         stats.emit("fetched", connector=connector.name, item="blob", digest=digest, size=size)
-        if cache:
+        if cache and flight.cached:
             stats.emit("cached", connector=connector.name, item="blob", digest=digest, size=size)
+
+    async def _commit(
+        self, flight: BlobFlight, writer: BlobWriter, source: str, size: int, pin: bool
+    ) -> None:
+        """Make a verified blob durable; a failure costs the cached copy, not the
+        readers, who were served verified bytes already."""
+        try:
+            await self._durable(writer, flight.digest, source, size, pin)
+        except DockerConnectError as exc:
+            flight.cached = False
+            flight.cache_error = exc
+            log.warning("caching of %s failed after it was served: %s", flight.digest, exc)
+        except BaseException:
+            flight.cached = False
+            raise
+
+    async def _durable(
+        self, writer: BlobWriter, digest: Digest, source: str, size: int, pin: bool
+    ) -> None:
+        """Commit ``writer`` (within retention's admission unless pinned) and mark it.
+
+        The commit and its mark are shielded: a resolver that closes meanwhile
+        waits for them, so a blob its readers got is cached (and counted) as
+        if they had waited for it.
+        """
+        if pin:
+            with anyio.CancelScope(shield=True):
+                await writer.commit()
+            return
+        async with self._ctx.usage.room(size):  # retention's admission
+            with anyio.CancelScope(shield=True):
+                await writer.commit()
+                # Marked after the commit (so its time is the clock's).
+                await self._ctx.usage.cached_blob(digest, source, size)
 
     async def _reopen(self, digest: Digest, offset: int) -> BlobStream | None:
         return await self.store.open(digest, offset=offset)
@@ -454,17 +495,19 @@ class BlobFetch:
     async def _pump(
         self, flight: BlobFlight, connector: Connector, stream: BlobStream, sink: Sink
     ) -> None:
-        """Move one upstream stream into ``sink`` and the flight; raise if it ends short.
+        """Move one upstream stream into the flight and ``sink``; raise if it ends short.
 
-        Receiving runs ahead of storing by up to :data:`READ_AHEAD` chunks, so
-        the network, the hashing and the disk work overlap instead of taking
-        turns.
+        Readers get each chunk as it arrives; storing (hashing, writing) runs
+        behind by up to :data:`READ_AHEAD` chunks, so readers are not paced
+        by the disk, and the network, the hashing and the disk work overlap
+        instead of taking turns. The flight keeps every chunk not yet stored
+        in memory, so the write-behind is bounded by the queue.
         """
         size = stream.size
         failures: list[BaseException] = []
         send, receive = anyio.create_memory_object_stream[bytes](READ_AHEAD)
 
-        async def read_ahead() -> None:
+        async def read_ahead(skip: int) -> None:
             try:
                 async with (
                     send,
@@ -474,20 +517,30 @@ class BlobFetch:
                     aclosing(coalesce(guarded)) as chunks,
                 ):
                     async for chunk in chunks:
-                        await send.send(chunk)
+                        piece, skip = chunk[skip:], max(0, skip - len(chunk))
+                        if not piece:
+                            continue
+                        if flight.received + len(piece) > size:
+                            raise DigestMismatch(
+                                f"connector {connector.name!r} sent more than {size} bytes",
+                                connector=connector.name,
+                                digest=flight.digest,
+                            )
+                        await flight.append(piece)
+                        await send.send(piece)
             except Exception as exc:  # raised below, after what arrived is stored
                 failures.append(exc)
 
         async with stream:
             skip = _skip(flight, connector, stream)
             async with anyio.create_task_group() as tg:
-                tg.start_soon(read_ahead)
+                tg.start_soon(read_ahead, skip)
                 try:
                     async with receive:
-                        async for chunk in receive:
-                            piece, skip = chunk[skip:], max(0, skip - len(chunk))
-                            if piece:
-                                await self._store(flight, connector, sink, piece, size)
+                        async for piece in receive:
+                            await sink(piece)
+                            flight.stored(len(piece))
+                            self._ctx.stats.received(connector.name, len(piece))
                 except Exception as exc:
                     failures.insert(0, exc)  # the storing side's error explains the rest
                     tg.cancel_scope.cancel()
@@ -500,19 +553,6 @@ class BlobFetch:
                 connector=connector.name,
                 digest=flight.digest,
             )
-
-    async def _store(
-        self, flight: BlobFlight, connector: Connector, sink: Sink, chunk: bytes, size: int
-    ) -> None:
-        """Spool and cache one chunk in parallel (two worker threads, two cores)."""
-        if flight.received + len(chunk) > size:
-            raise DigestMismatch(
-                f"connector {connector.name!r} sent more than {size} bytes",
-                connector=connector.name,
-                digest=flight.digest,
-            )
-        await together(lambda: flight.append(chunk), lambda: sink(chunk))
-        self._ctx.stats.received(connector.name, len(chunk))
 
 
 def _log_miss(digest: Digest, size: int, connector: str, cache: bool) -> None:

@@ -97,6 +97,8 @@ class BlobFlight(Work):
         self.verified = False
         self.done = False
         self.cached = False
+        #: The blob is durably in the store (committed, or found there).
+        self.committed = False
         self.error: BaseException | None = None
         #: Why a verified (and served) blob could not be committed to the store.
         self.cache_error: BaseException | None = None
@@ -121,7 +123,7 @@ class BlobFlight(Work):
     def held_locally(self, size: int, source: str) -> None:
         """The blob turned out to be committed already: readers go to the store."""
         self.size, self.source = size, source
-        self.cached = self.verified = True
+        self.cached = self.verified = self.committed = True
 
     async def begin(
         self,

@@ -75,6 +75,30 @@ def _is_media_type(value: object) -> bool:
     return isinstance(value, str) and bool(value) and value.isprintable()
 
 
+def _check_options(
+    name: object, stall_timeout: object, health: object, coordinator: object
+) -> None:
+    """``InvalidInput`` for a constructor argument of the wrong kind, before anything starts."""
+    if not isinstance(name, str) or not name:
+        raise InvalidInput("a resolver needs a non-empty name")
+    if isinstance(stall_timeout, bool) or not isinstance(stall_timeout, (int, float)):
+        raise InvalidInput("stall_timeout must be a number of seconds")
+    if stall_timeout <= 0:
+        raise InvalidInput("stall_timeout must be a positive number of seconds")
+    if health is not None and not isinstance(health, HealthPolicy):
+        raise InvalidInput("health must be a HealthPolicy or None")
+    if coordinator is not None and not isinstance(coordinator, FetchCoordinator):
+        raise InvalidInput(
+            "coordinator must have acquire, keep, release and wait "
+            "(a dockerconnect.redis.RedisFetchCoordinator), or be None"
+        )
+
+
+def _shared_misses(coordinator: object) -> SharedMisses | None:
+    """The coordinator, when it also shares misses between replicas."""
+    return coordinator if isinstance(coordinator, SharedMisses) else None
+
+
 def _start_eager(tasks: Tasks, walks: Walks, repository: str, resolved: Resolved) -> None:
     """Eager caching of what ``resolved`` references, once, if it was just fetched."""
     policy = resolved.policy
@@ -135,19 +159,7 @@ class Resolver:
         observers: Sequence[Observer] = (),
         coordinator: FetchCoordinator | None = None,
     ) -> None:
-        if not isinstance(name, str) or not name:
-            raise InvalidInput("a resolver needs a non-empty name")
-        if isinstance(stall_timeout, bool) or not isinstance(stall_timeout, (int, float)):
-            raise InvalidInput("stall_timeout must be a number of seconds")
-        if stall_timeout <= 0:
-            raise InvalidInput("stall_timeout must be a positive number of seconds")
-        if health is not None and not isinstance(health, HealthPolicy):
-            raise InvalidInput("health must be a HealthPolicy or None")
-        if coordinator is not None and not isinstance(coordinator, FetchCoordinator):
-            raise InvalidInput(
-                "coordinator must have acquire, keep, release and wait "
-                "(a dockerconnect.redis.RedisFetchCoordinator), or be None"
-            )
+        _check_options(name, stall_timeout, health, coordinator)
         self.coordinator = coordinator
         self.name = name
         self.manifests = manifests
@@ -178,9 +190,7 @@ class Resolver:
             stats=self.stats,
             stall_timeout=stall_timeout,
             health=health,
-            shared_misses=(
-                self.coordinator if isinstance(self.coordinator, SharedMisses) else None
-            ),
+            shared_misses=_shared_misses(self.coordinator),
         )
         self._usage = UsageMarks(blobs, manifests, clock=self._now)
         self._retention = Retention(
@@ -294,12 +304,12 @@ class Resolver:
         self._tasks.require()
         with entered(self):
             resolved = await self._manifests.resolve(repository, ref)
-            self._start_eager(repository, resolved)
+            _start_eager(self._tasks, self._walks, repository, resolved)
             if isinstance(ref, str):
                 chosen = await self._manifests.for_client(
                     repository, resolved, accept, self.default_platform
                 )
-                self._start_eager(repository, chosen)
+                _start_eager(self._tasks, self._walks, repository, chosen)
                 return chosen.manifest
             return resolved.manifest
 
@@ -319,7 +329,7 @@ class Resolver:
             every_one_caches = all(self.policy_for(c.name).cache_manifests for c in serving)
             if every_one_caches or await self._manifests.known_here(repository, ref):
                 resolved = await self._manifests.resolve(repository, ref)
-                self._start_eager(repository, resolved)
+                _start_eager(self._tasks, self._walks, repository, resolved)
                 return resolved.manifest.descriptor()
             return await self._manifests.head_through(repository, ref)
 
@@ -458,7 +468,7 @@ class Resolver:
         with entered(self):
             return await self._listing.repositories(n, last)
 
-    # -- integrity ----------------------------------------------------------
+    # -- integrity and referrers ---------------------------------------------
 
     async def check(
         self, repository: str, reference: str, *, referrers: bool = False
@@ -482,8 +492,6 @@ class Resolver:
             manifest = (await self._manifests.resolve(repository, ref)).manifest
             return await self._walks.report(repository, manifest, referrers=referrers)
 
-    # -- referrers ----------------------------------------------------------
-
     async def referrers(
         self, repository: str, digest: Digest | str, *, artifact_type: str | None = None
     ) -> list[Descriptor]:
@@ -504,6 +512,3 @@ class Resolver:
         self._tasks.require()
         with entered(self):
             return await self._referrers.lookup(repository, d, artifact_type)
-
-    def _start_eager(self, repository: str, resolved: Resolved) -> None:
-        _start_eager(self._tasks, self._walks, repository, resolved)

@@ -16,19 +16,20 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, aclosing
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
 
 import anyio
 
 from dockerconnect._chain import current_chain, waiting_for, would_deadlock
 from dockerconnect._descriptor import Descriptor
 from dockerconnect._digest import Digest, DigestVerifier
-from dockerconnect._flight import BlobFlight, coalesce, copy_error
+from dockerconnect._flight import BlobFlight, copy_error
 from dockerconnect._protocols import BlobStore, BlobWriter, Connector
 from dockerconnect._resolve.context import Context
+from dockerconnect._resolve.pump import Pump
 from dockerconnect._resolve.shared import Gate, Lead
-from dockerconnect._resolve.sources import Nobody, Sources, Stalled, expect
+from dockerconnect._resolve.sources import Nobody, expect
 from dockerconnect._stream import BlobStream
 from dockerconnect.errors import (
     BlobUnknown,
@@ -38,8 +39,6 @@ from dockerconnect.errors import (
     NotFound,
     ResolverClosed,
     UpstreamDigestMismatch,
-    UpstreamError,
-    UpstreamTimeout,
 )
 
 __all__ = ["BlobFetch"]
@@ -47,18 +46,6 @@ __all__ = ["BlobFetch"]
 log = logging.getLogger("dockerconnect.resolver")
 #: INFO: each blob fetched through a connector (a cache miss).
 misses = logging.getLogger("dockerconnect.resolver.misses")
-
-#: How many times a broken upstream transfer is resumed before giving up.
-MAX_RESUMES = 5
-#: Chunks (about 1 MiB each) received and handed to readers ahead of the one
-#: being stored: the write-behind. Two measured as fast as four, with less
-#: peak memory (docs/performance.md).
-READ_AHEAD = 2
-#: Bytes a second below which a transfer counts as stalled, averaged over a
-#: stall limit's worth of waiting for the connector (a trickling upstream).
-MIN_RATE = 1024
-
-Sink = Callable[[bytes], Awaitable[None]]
 
 
 class BlobFetch:
@@ -81,6 +68,8 @@ class BlobFetch:
         #: (:mod:`.shared`); ``None``: this process alone uses it.
         self.gate = gate
         self._flights: dict[tuple[Digest, tuple[int, ...]], BlobFlight] = {}
+        #: Moves bytes from a connector into a flight, resuming and failing over.
+        self.pump = Pump(context)
 
     def close(self) -> None:
         """The resolver closed: every flight still in the air ends with ``ResolverClosed``."""
@@ -90,7 +79,7 @@ class BlobFetch:
 
     def _flight(self, digest: Digest) -> BlobFlight | None:
         flight = self._flights.get((digest, current_chain()))
-        if flight is not None and flight.cached and flight.verified:
+        if flight is not None and flight.committed:
             # Committed: new readers go to the store, while the flight's
             # own clean-up (such as the gate's) finishes.
             return None
@@ -282,7 +271,7 @@ class BlobFetch:
         digest = flight.digest
 
         async def ask(connector: Connector) -> BlobStream | None:
-            return await self._open_upstream(connector, repository, digest, 0)
+            return await self.pump.open_upstream(connector, repository, digest, 0)
 
         async def use(connector: Connector, stream: BlobStream) -> bool:
             await self._transfer(repository, flight, connector, stream, pin, lead)
@@ -303,21 +292,6 @@ class BlobFetch:
             return found.error(BlobUnknown, f"blob {digest}", repository=repository, digest=digest)
         return None
 
-    async def _open_upstream(
-        self, connector: Connector, repository: str, digest: Digest, offset: int
-    ) -> BlobStream | None:
-        stream = expect(
-            connector,
-            await connector.open_blob(repository, digest, offset=offset),
-            BlobStream,
-            "open_blob",
-        )
-        if stream is not None:
-            # The flight hashes every byte itself: a stream that would verify
-            # them again may skip it, so each byte is hashed once.
-            stream.defer_verification()
-        return stream
-
     async def _transfer(
         self,
         repository: str,
@@ -337,28 +311,7 @@ class BlobFetch:
             async with AsyncExitStack() as stack:
                 stack.push_async_callback(stream.aclose)
                 if cache:
-                    writer = await stack.enter_async_context(self.store.ingest(digest, size))
-                    await flight.begin(
-                        size,
-                        connector.name,
-                        read_back=getattr(writer, "read_back", None),
-                        reopen=functools.partial(self._reopen, digest),
-                    )
-                    if lead is not None:
-                        await lead.begin(size, connector.name)
-                    await self._pump_resuming(repository, flight, connector, stream, writer.write)
-                    verify: Callable[[], None] | None = getattr(writer, "verify", None)
-                    if verify is None:
-                        await self._durable(writer, digest, connector.name, size, pin)
-                        flight.mark_verified(cached=True)
-                    else:
-                        # Verified: readers get the last byte now. The durable
-                        # commit (fsync, rename) follows off their critical
-                        # path; the flight stays registered until it ends, so
-                        # the next request joins it and reads the writer's file.
-                        verify()
-                        flight.mark_verified(cached=True)
-                        await self._commit(flight, writer, connector.name, size, pin)
+                    await self._into_cache(stack, flight, connector, stream, pin, lead, repository)
                 else:
                     if lead is not None:
                         # Not cached, so nothing for the others to read: each
@@ -366,9 +319,7 @@ class BlobFetch:
                         await lead.end(committed=False)
                     verifier = DigestVerifier(digest, size)
                     await flight.begin(size, connector.name)
-                    await self._pump_resuming(
-                        repository, flight, connector, stream, verifier.aupdate
-                    )
+                    await self.pump.run(repository, flight, connector, stream, verifier.aupdate)
                     verifier.verify()
                     flight.mark_verified(cached=False)
         except DigestMismatch as exc:
@@ -385,6 +336,42 @@ class BlobFetch:
         if cache and flight.cached:
             stats.emit("cached", connector=connector.name, item="blob", digest=digest, size=size)
 
+    async def _into_cache(
+        self,
+        stack: AsyncExitStack,
+        flight: BlobFlight,
+        connector: Connector,
+        stream: BlobStream,
+        pin: bool,
+        lead: Lead | None,
+        repository: str,
+    ) -> None:
+        """Pump ``stream`` into the store's writer; readers get the last byte once verified."""
+        digest, size = flight.digest, stream.size
+        writer = await stack.enter_async_context(self.store.ingest(digest, size))
+        await flight.begin(
+            size,
+            connector.name,
+            read_back=getattr(writer, "read_back", None),
+            reopen=functools.partial(self.reopen, digest),
+        )
+        if lead is not None:
+            await lead.begin(size, connector.name)
+        await self.pump.run(repository, flight, connector, stream, writer.write)
+        verify: Callable[[], None] | None = getattr(writer, "verify", None)
+        if verify is None:
+            await self._durable(writer, digest, connector.name, size, pin)
+            flight.committed = True
+            flight.mark_verified(cached=True)
+        else:
+            # Verified: readers get the last byte now. The durable
+            # commit (fsync, rename) follows off their critical
+            # path; the flight stays registered until it ends, so
+            # the next request joins it and reads the writer's file.
+            verify()
+            flight.mark_verified(cached=True)
+            await self._commit(flight, writer, connector.name, size, pin)
+
     async def _commit(
         self, flight: BlobFlight, writer: BlobWriter, source: str, size: int, pin: bool
     ) -> None:
@@ -392,6 +379,7 @@ class BlobFetch:
         readers, who were served verified bytes already."""
         try:
             await self._durable(writer, flight.digest, source, size, pin)
+            flight.committed = True
         except DockerConnectError as exc:
             flight.cached = False
             flight.cache_error = exc
@@ -419,218 +407,14 @@ class BlobFetch:
                 # Marked after the commit (so its time is the clock's).
                 await self._ctx.usage.cached_blob(digest, source, size)
 
-    async def _reopen(self, digest: Digest, offset: int) -> BlobStream | None:
+    async def reopen(self, digest: Digest, offset: int) -> BlobStream | None:
+        """The committed blob from ``offset`` (for readers still replaying)."""
         return await self.store.open(digest, offset=offset)
-
-    async def _pump_resuming(
-        self,
-        repository: str,
-        flight: BlobFlight,
-        connector: Connector,
-        stream: BlobStream,
-        sink: Sink,
-    ) -> None:
-        """Pump ``stream``; when it breaks, resume from the first byte not yet received.
-
-        A broken transfer is resumed from the same connector; a stalled or
-        timed-out one (:class:`Stalled`, ``UpstreamTimeout``) from the next
-        connector that has the blob (content is addressed by digest: any
-        source's bytes at an offset are the same bytes, and the whole is
-        verified at the end). While no reader has been let in, a
-        stall fails the transfer instead, and the next source starts afresh.
-        """
-        resumes = 0
-        while True:
-            try:
-                await self._pump(flight, connector, stream, sink)
-                return
-            except UpstreamError as exc:
-                # Too slow (our stall limit, or the connector's own deadline or
-                # minimum rate): the same source would be as slow again.
-                stalled = isinstance(exc, (Stalled, UpstreamTimeout))
-                if isinstance(exc, DigestMismatch) or resumes >= MAX_RESUMES:
-                    raise
-                if stalled and flight.replaceable:
-                    raise
-                resumes += 1
-                self._ctx.stats.resumes += 1
-                log.info(
-                    "resuming %s at byte %d after %r failed (%s)",
-                    flight.digest,
-                    flight.received,
-                    connector.name,
-                    exc,
-                )
-                order = [connector]
-                if stalled:
-                    others = self._ctx.sources.for_blob(repository, flight.digest)
-                    order = [c for c in others if c.name != connector.name]
-                resumed = await self._resume(repository, flight, order)
-                if resumed is None:
-                    raise
-                connector, stream = resumed
-
-    async def _resume(
-        self, repository: str, flight: BlobFlight, order: list[Connector]
-    ) -> tuple[Connector, BlobStream] | None:
-        """The first connector of ``order`` that sends the blob from where the flight is."""
-        offset = flight.received
-        for connector in order:
-            try:
-                stream = await self._ctx.sources.call(
-                    connector,
-                    "open_blob",
-                    str(flight.digest),
-                    functools.partial(
-                        self._open_upstream, connector, repository, flight.digest, offset
-                    ),
-                )
-            except UpstreamError as exc:
-                self._ctx.sources.failed(connector, exc, str(flight.digest))
-                continue
-            if stream is not None:
-                return connector, stream
-        return None
-
-    async def _pump(
-        self, flight: BlobFlight, connector: Connector, stream: BlobStream, sink: Sink
-    ) -> None:
-        """Move one upstream stream into the flight and ``sink``; raise if it ends short.
-
-        Readers get each chunk as it arrives; storing (hashing, writing) runs
-        behind by up to :data:`READ_AHEAD` chunks, so readers are not paced
-        by the disk, and the network, the hashing and the disk work overlap
-        instead of taking turns. The flight keeps every chunk not yet stored
-        in memory, so the write-behind is bounded by the queue.
-        """
-        size = stream.size
-        failures: list[BaseException] = []
-        send, receive = anyio.create_memory_object_stream[bytes](READ_AHEAD)
-
-        async def read_ahead(skip: int) -> None:
-            try:
-                async with (
-                    send,
-                    aclosing(
-                        _guarded(stream, connector, self._ctx.sources, flight.digest)
-                    ) as guarded,
-                    aclosing(coalesce(guarded)) as chunks,
-                ):
-                    async for chunk in chunks:
-                        piece, skip = chunk[skip:], max(0, skip - len(chunk))
-                        if not piece:
-                            continue
-                        if flight.received + len(piece) > size:
-                            raise DigestMismatch(
-                                f"connector {connector.name!r} sent more than {size} bytes",
-                                connector=connector.name,
-                                digest=flight.digest,
-                            )
-                        await flight.append(piece)
-                        await send.send(piece)
-            except Exception as exc:  # raised below, after what arrived is stored
-                failures.append(exc)
-
-        async with stream:
-            skip = _skip(flight, connector, stream)
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(read_ahead, skip)
-                try:
-                    async with receive:
-                        async for piece in receive:
-                            await sink(piece)
-                            flight.stored(len(piece))
-                            self._ctx.stats.received(connector.name, len(piece))
-                except Exception as exc:
-                    failures.insert(0, exc)  # the storing side's error explains the rest
-                    tg.cancel_scope.cancel()
-        if failures:
-            raise failures[0]
-        if flight.received < size:
-            raise UpstreamError(
-                f"connector {connector.name!r} ended the blob after "
-                f"{flight.received} of {size} bytes",
-                connector=connector.name,
-                digest=flight.digest,
-            )
 
 
 def _log_miss(digest: Digest, size: int, connector: str, cache: bool) -> None:
     policy = "" if cache else " (not cached: policy)"
     misses.info("cache miss: blob %s (%d bytes) from %r%s", digest, size, connector, policy)
-
-
-def _skip(flight: BlobFlight, connector: Connector, stream: BlobStream) -> int:
-    """How many leading bytes of a (resumed) stream were received already.
-
-    A resumed source that started before where we are (a server ignoring
-    Range) has what we hold dropped; one that starts after it, or answers
-    for a blob of another size, cannot continue this transfer.
-    """
-    skip = flight.received - stream.offset
-    if skip < 0 or stream.size != flight.size:
-        raise UpstreamError(
-            f"connector {connector.name!r} resumed at {stream.offset} of"
-            f" {stream.size} bytes, not at {flight.received} of {flight.size}",
-            connector=connector.name,
-            digest=flight.digest,
-        )
-    return skip
-
-
-async def _guarded(
-    stream: AsyncIterable[bytes], connector: Connector, sources: Sources, digest: Digest
-) -> AsyncGenerator[bytes, None]:
-    """A connector's chunks, checked: bytes only, errors typed, neither silent nor trickling.
-
-    A third-party connector's stream is a plugin: a plain exception from it
-    (``ConnectionResetError``) becomes an ``UpstreamError`` naming the
-    connector, so the transfer is resumed as for any broken transfer. No
-    chunk for the stall limit, or less than :data:`MIN_RATE` bytes a second
-    over a stall limit's worth of waiting, is a :class:`Stalled` transfer.
-    Only time spent waiting for the connector counts, not our own writing.
-    """
-    iterator = aiter(stream)
-    window_bytes, window_wait = 0, 0.0
-    while True:
-        chunk: object = None
-        started = anyio.current_time()
-        try:
-            with anyio.move_on_after(sources.stall_timeout):
-                chunk = await anext(iterator)
-        except StopAsyncIteration:
-            return
-        except DockerConnectError:
-            raise
-        except Exception as exc:
-            raise UpstreamError(
-                f"connector {connector.name!r} broke the transfer of {digest}: {exc!r}",
-                connector=connector.name,
-                digest=digest,
-            ) from exc
-        if chunk is None:
-            raise sources.stalled(connector, str(digest))
-        data = _as_bytes(connector, digest, chunk)
-        window_bytes += len(data)
-        window_wait += anyio.current_time() - started
-        if window_wait >= sources.stall_timeout:
-            if window_bytes < MIN_RATE * window_wait:
-                rate = f"{window_bytes / window_wait:.0f} bytes/s"
-                raise sources.stalled(connector, str(digest), trickle=rate)
-            window_bytes, window_wait = 0, 0.0
-        yield data
-
-
-def _as_bytes(connector: Connector, digest: Digest, chunk: object) -> bytes:
-    if isinstance(chunk, bytes):
-        return chunk
-    if isinstance(chunk, (bytearray, memoryview)):
-        return bytes(chunk)
-    raise UpstreamError(
-        f"connector {connector.name!r} sent a {type(chunk).__name__} chunk, not bytes",
-        connector=connector.name,
-        digest=digest,
-    )
 
 
 async def _counted(stream: BlobStream, count: Callable[[int], None]) -> AsyncIterator[bytes]:

@@ -134,7 +134,7 @@ async def lead(
                 error = None
             else:
                 error = await fetch.from_sources(repository, flight, pin, leader)
-            committed = flight.verified and flight.cached
+            committed = flight.committed
             return error
     finally:
         with anyio.CancelScope(shield=True):
@@ -161,7 +161,7 @@ async def _resume(fetch: BlobFetch, repository: str, flight: BlobFlight, leader:
                 if position + len(chunk) > flight.received:
                     await flight.append(chunk[flight.received - position :])
                 position += len(chunk)
-            found = await fetch._resume(
+            found = await fetch.pump.resume(
                 repository, flight, fetch._ctx.sources.for_blob(repository, digest)
             )
             if found is None:
@@ -171,7 +171,7 @@ async def _resume(fetch: BlobFetch, repository: str, flight: BlobFlight, leader:
                     digest=digest,
                 )
             connector, stream = found
-            await fetch._pump_resuming(repository, flight, connector, stream, writer.write)
+            await fetch.pump.run(repository, flight, connector, stream, writer.write)
             await writer.commit()
     except DigestMismatch as exc:
         raise UpstreamDigestMismatch(
@@ -277,7 +277,7 @@ async def _begin(
     fetch: BlobFetch, flight: BlobFlight, file: FetchFile, size: int, source: str
 ) -> None:
     """Start ``flight``'s readers on another process's in-progress file."""
-    reopen = functools.partial(fetch._reopen, flight.digest)
+    reopen = functools.partial(fetch.reopen, flight.digest)
     await flight.begin(size, source, read_back=file.read, reopen=reopen)
 
 

@@ -287,6 +287,11 @@ class BlobFlight(Work):
             source=self.source,
         )
 
+    @property
+    def readers(self) -> int:
+        """Readers still reading (or about to) from this flight."""
+        return self._readers
+
     def reserve(self) -> None:
         """Take a reader's place before waiting for :attr:`ready`, so the bytes
         stay readable however soon the flight ends; give it back with

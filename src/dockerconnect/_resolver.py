@@ -203,6 +203,7 @@ class Resolver:
         self._manifests = Manifests(context, store=manifests)
         gate = gate_for(blobs, self.coordinator)
         self._blobs = BlobFetch(context, store=blobs, spool_dir=spool_dir, gate=gate)
+        self._retention.in_flight = self._blobs.in_flight
         self._listing = Listing(context, store=manifests, connectors=lambda: self.connectors)
         self._referrers = Referrers(context, store=manifests)
         self._walks = Walks(

@@ -3,6 +3,7 @@ one Redis database: what one takes in, every other serves."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -207,3 +208,33 @@ async def test_a_miss_seen_by_one_replica_costs_the_others_nothing(
             asked.append(hub.total)
             assert replica.stats.negative_hits == (0 if n == 0 else 1)
     assert asked == [1, 1, 1]  # only the first replica reached the upstream
+
+
+@pytest.mark.anyio
+async def test_a_blob_not_cached_is_streamed_whole_under_a_short_lease(
+    replicas: Replicas, redis_server: RedisServer
+) -> None:
+    """A blob the policy does not cache ends the lead early; the lease is kept
+    (renewed) until the transfer ends instead of being released under it, which
+    made the renewal cancel the transfer with ``StorageError``."""
+    from dockerconnect.redis import RedisFetchCoordinator
+
+    data = os.urandom(2 * 1024 * 1024 + 7)
+    upstream = FakeUpstream("hub")
+    digest = upstream.add_blob("library/app", data)
+    upstream.faults.delay = 0.05  # per chunk: the transfer outlasts several renewals
+    manifests, blobs = await replicas.stores()
+    coordinator = await replicas.stack.enter_async_context(
+        RedisFetchCoordinator(redis_server.url, prefix=replicas.prefix, lease_ttl=0.6)
+    )
+    async with Resolver(
+        "replica-0",
+        manifests=manifests,
+        blobs=blobs,
+        connectors=[CountingConnector(upstream)],
+        policy=CachingPolicy(cache_blobs=False),
+        coordinator=coordinator,
+    ) as replica:
+        stream = await replica.open_blob("library/app", digest)
+        async with stream:
+            assert await stream.read() == data

@@ -363,3 +363,37 @@ async def test_processes_pruning_one_store_together_count_each_removal_once(
     assert sum(r for r, _ in results) == count
     assert sum(f for _, f in results) == count * size
     assert await store.cached() == []
+
+
+async def test_a_blob_read_through_its_flight_is_not_pruned_under_a_lagging_reader(
+    tmp_path: Path,
+) -> None:
+    """A reader far behind a cold fetch (it replays from the store) reads the
+    blob to its end even when fetching another blob makes retention prune."""
+    size = 8 * 1024 * 1024
+    first, second = os.urandom(size), os.urandom(size)
+    upstream = FakeUpstream("up")
+    a = upstream.add_blob("app", first)
+    b = upstream.add_blob("app", second)
+    async with Resolver(
+        "local",
+        manifests=FilesystemManifestStore(tmp_path / "m"),
+        blobs=FilesystemBlobStore(tmp_path / "b"),
+        connectors=[CountingConnector(upstream)],
+        retention=RetentionPolicy(max_bytes=10 * 1024 * 1024, interval=None),
+    ) as resolver:
+        slow = await resolver.open_blob("app", a)
+        async with slow:
+            chunks = aiter(slow)
+            head = await anext(chunks)  # then pause, far behind the fetch
+            with anyio.fail_after(60):
+                await resolver.wait_idle()  # A's fetch ended: committed, reader still behind
+                assert await resolver.blobs.stat(Digest.parse(a)) is not None
+                other = await resolver.open_blob("app", b)
+                async with other:
+                    assert await other.read() == second  # makes room: A is a candidate
+                await resolver.wait_idle()  # B's commit, and its admission, are done
+                # Still being read here: kept (B's admission pruned nothing).
+                assert await resolver.blobs.stat(Digest.parse(a)) is not None
+                rest = b"".join([chunk async for chunk in chunks])
+        assert head + rest == first

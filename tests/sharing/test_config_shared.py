@@ -104,3 +104,19 @@ def test_a_filesystem_store_shares_fetches_without_settings(tmp_path: Path) -> N
     assert isinstance(resolver.blobs, FilesystemBlobStore)
     assert resolver.coordinator is None
     assert type(resolver._blobs.gate).__name__ == "FilesystemGate"
+
+
+def test_retention_over_s3_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """S3 blobs record no use, so retention cannot prune them: say so in one line."""
+    file = tmp_path / "c.toml"
+    file.write_text(
+        "[store.s3]\nbucket = 'b'\nendpoint_url = 'http://127.0.0.1:1'\n"
+        "[retention]\nmax_bytes = 1000000\n"
+    )
+    config = parse_serve(["--config", str(file)], environ={})
+    with pytest.raises(ConfigError) as caught:
+        build_resolver(config)
+    message = str(caught.value)
+    assert message.startswith("retention: ")
+    assert "\n" not in message
+    assert "S3BlobStore" in message

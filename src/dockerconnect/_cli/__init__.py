@@ -188,15 +188,20 @@ def build_resolver(config: ServeConfig) -> Resolver:
     if config.health is not None and hasattr(dockerconnect, "HealthPolicy"):
         extra["health"] = config.health
     manifests, blobs = _stores(config, extra)
-    return Resolver(
-        config.name,
-        manifests=manifests,
-        blobs=blobs,
-        connectors=connectors,
-        policy=config.policy,
-        overrides=overrides,
-        **extra,
-    )
+    try:
+        return Resolver(
+            config.name,
+            manifests=manifests,
+            blobs=blobs,
+            connectors=connectors,
+            policy=config.policy,
+            overrides=overrides,
+            **extra,
+        )
+    except DockerConnectError as exc:
+        # Such as [retention] over a blob store that cannot record use (S3).
+        where = "retention" if config.retention is not None and "prune" in exc.message else "config"
+        raise ConfigError(f"{where}: {exc.message}") from None
 
 
 def _stores(config: ServeConfig, extra: dict[str, Any]) -> tuple[Any, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 
@@ -68,6 +69,8 @@ class BlobFetch:
         #: (:mod:`.shared`); ``None``: this process alone uses it.
         self.gate = gate
         self._flights: dict[tuple[Digest, tuple[int, ...]], BlobFlight] = {}
+        #: Flights that may still have readers (forgotten with their last one).
+        self._recent: weakref.WeakSet[BlobFlight] = weakref.WeakSet()
         #: Moves bytes from a connector into a flight, resuming and failing over.
         self.pump = Pump(context)
 
@@ -76,6 +79,11 @@ class BlobFetch:
         for flight in list(self._flights.values()):
             flight.finish(ResolverClosed(f"resolver {self.owner!r} closed"))
         self._flights.clear()
+
+    def in_flight(self, digest: Digest) -> bool:
+        """Whether a shared flight of ``digest`` is in the air or still has
+        readers (who may move on to the committed blob in the store)."""
+        return any(f.digest == digest and (not f.done or f.readers) for f in self._recent)
 
     def _flight(self, digest: Digest) -> BlobFlight | None:
         flight = self._flights.get((digest, current_chain()))
@@ -230,6 +238,7 @@ class BlobFetch:
         flight = BlobFlight(digest, spool_dir=self._spool_dir)
         key = (digest, current_chain())
         self._flights[key] = flight
+        self._recent.add(flight)
         self._ctx.tasks.spawn(self._fly, key, repository, flight, pin, work=flight)
         return flight
 
@@ -360,7 +369,7 @@ class BlobFetch:
         await self.pump.run(repository, flight, connector, stream, writer.write)
         verify: Callable[[], None] | None = getattr(writer, "verify", None)
         if verify is None:
-            await self._durable(writer, digest, connector.name, size, pin)
+            await self.commit_durably(writer, digest, connector.name, size, pin)
             flight.committed = True
             flight.mark_verified(cached=True)
         else:
@@ -378,7 +387,7 @@ class BlobFetch:
         """Make a verified blob durable; a failure costs the cached copy, not the
         readers, who were served verified bytes already."""
         try:
-            await self._durable(writer, flight.digest, source, size, pin)
+            await self.commit_durably(writer, flight.digest, source, size, pin)
             flight.committed = True
         except DockerConnectError as exc:
             flight.cached = False
@@ -388,7 +397,7 @@ class BlobFetch:
             flight.cached = False
             raise
 
-    async def _durable(
+    async def commit_durably(
         self, writer: BlobWriter, digest: Digest, source: str, size: int, pin: bool
     ) -> None:
         """Commit ``writer`` (within retention's admission unless pinned) and mark it.

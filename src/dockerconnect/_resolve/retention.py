@@ -216,6 +216,10 @@ class Retention:
         self._cached_total = 0  # bytes cached by this resolver, ever
         marks.on_cached = self._cached
         marks.room = self._room
+        #: Whether a blob is being fetched or read through a shared flight
+        #: here (set by the resolver): such a blob is not removed, so a reader
+        #: replaying from the store reads it to its end.
+        self.in_flight: Callable[[Digest], bool] = lambda digest: False
 
     def reset(self) -> None:
         """A fresh lock for a fresh event loop (the resolver was entered again)."""
@@ -327,6 +331,8 @@ class Retention:
         """Remove ``item`` if it is still unused since ``unused_since``."""
         if isinstance(item, CachedBlob):
             assert self._marks.blobs is not None
+            if self.in_flight(item.digest):
+                return False
             done = await self._marks.blobs.remove_cached(item.digest, unused_since=unused_since)
             if done:
                 self._stats.emit("pruned", item="blob", digest=item.digest, size=item.size)

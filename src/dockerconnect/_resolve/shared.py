@@ -130,7 +130,7 @@ async def lead(
                 committed = True
                 return None
             if leader.prefix and flight.size is not None:
-                await _resume(fetch, repository, flight, leader)
+                await _resume(fetch, repository, flight, leader, pin)
                 error = None
             else:
                 error = await fetch.from_sources(repository, flight, pin, leader)
@@ -141,7 +141,9 @@ async def lead(
             await leader.end(committed=committed)
 
 
-async def _resume(fetch: BlobFetch, repository: str, flight: BlobFlight, leader: Lead) -> None:
+async def _resume(
+    fetch: BlobFetch, repository: str, flight: BlobFlight, leader: Lead, pin: bool
+) -> None:
     """Take over a dead leader's fetch: its prefix into a fresh writer, the rest by Range.
 
     The flight already follows the dead leader's file (``flight.size`` is
@@ -172,7 +174,9 @@ async def _resume(fetch: BlobFetch, repository: str, flight: BlobFlight, leader:
                 )
             connector, stream = found
             await fetch.pump.run(repository, flight, connector, stream, writer.write)
-            await writer.commit()
+            # Within retention's admission, marked as cached (or pushed).
+            await fetch.commit_durably(writer, digest, connector.name, size, pin)
+            flight.committed = True
     except DigestMismatch as exc:
         raise UpstreamDigestMismatch(
             f"the resumed fetch of {digest} does not match it: {exc.message}",
@@ -204,6 +208,7 @@ async def _from_store(fetch: BlobFetch, flight: BlobFlight) -> bool:
     async with stream:
         async for chunk in stream:
             await flight.append(chunk)
+            flight.stored(len(chunk))  # held by the leader's file: the tail may drop it
     flight.mark_verified(cached=True)
     return True
 
@@ -266,6 +271,7 @@ class FilesystemGate:
                 chunk = await file.read(flight.received, want)
                 if chunk:
                     await flight.append(chunk)
+                    flight.stored(len(chunk))  # in the leader's file: readers read it back
                     continue
             taken = await file.take()
             if taken is not None:
@@ -389,6 +395,7 @@ class _LeaseLead:
         self._coordinator = coordinator
         self._lease = lease
         self._ended = False
+        self._keeping = False
 
     async def read(self, offset: int, size: int) -> bytes:  # pragma: no cover - no prefix
         return b""
@@ -396,11 +403,22 @@ class _LeaseLead:
     async def begin(self, size: int, source: str) -> None:
         return None
 
-    def keep(self) -> AbstractAsyncContextManager[object]:
-        return self._coordinator.keep(self._lease)
+    @asynccontextmanager
+    async def keep(self) -> AsyncIterator[object]:
+        async with self._coordinator.keep(self._lease) as kept:
+            self._keeping = True
+            try:
+                yield kept
+            finally:
+                self._keeping = False
 
     async def end(self, *, committed: bool) -> None:
         if self._ended:
+            return
+        if self._keeping and not committed:
+            # Said early (a blob the policy does not cache): releasing now
+            # would make the renewal inside keep() find the lease lost and
+            # cancel the transfer. The lease goes when keep() ends.
             return
         self._ended = True
         try:

@@ -36,23 +36,14 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
-from typing import Any, Literal
+from typing import Literal
 
 import anyio
 import attrs
 
-from dockerconnect._asyncio_thread import AsyncioThread
 from dockerconnect._digest import Digest
 from dockerconnect.errors import InvalidInput, StorageError
-from dockerconnect.redis._store import _redacted, connect
-
-try:
-    import redis.asyncio
-    import redis.exceptions
-except ImportError as error:  # pragma: no cover - depends on the installed extras
-    raise ImportError(
-        "dockerconnect.redis needs redis-py: pip install 'dockerconnect[redis]'"
-    ) from error
+from dockerconnect.redis._connection import RedisConnection, redacted
 
 __all__ = ["FetchLease", "RedisFetchCoordinator", "WaitOutcome"]
 
@@ -124,10 +115,7 @@ class RedisFetchCoordinator:
         self.committed_ttl = float(committed_ttl)
         self.max_connections = max_connections
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
-        self._thread = AsyncioThread(f"RedisFetchCoordinator({_redacted(url)})")
-        # Touched only on the loop thread.
-        self._redis: redis.asyncio.Redis | None = None
-        self._scripts: dict[str, Any] = {}
+        self._redis = RedisConnection("RedisFetchCoordinator", url, max_connections=max_connections)
 
     def _lease_key(self, digest: Digest) -> str:
         return f"{self.prefix}fetch:{digest}"
@@ -145,7 +133,7 @@ class RedisFetchCoordinator:
         """A lease on fetching ``digest``, or ``None`` if another holder has one."""
         digest = Digest.parse(digest)
         token = f"{self.owner}/{uuid.uuid4().hex}"
-        got = await self._call(
+        got = await self._redis.call(
             "set", self._lease_key(digest), token, nx=True, px=_ms(self.lease_ttl)
         )
         return FetchLease(digest, token) if got else None
@@ -153,7 +141,7 @@ class RedisFetchCoordinator:
     async def renew(self, lease: FetchLease) -> bool:
         """Extend ``lease`` by ``lease_ttl``; ``False`` if it is no longer held."""
         keys = [self._lease_key(lease.digest)]
-        return bool(await self._script(_RENEW, keys, [lease.token, _ms(self.lease_ttl)]))
+        return bool(await self._redis.script(_RENEW, keys, [lease.token, _ms(self.lease_ttl)]))
 
     async def release(self, lease: FetchLease, *, committed: bool) -> bool:
         """Give ``lease`` up, saying whether the blob is now in the shared store.
@@ -163,7 +151,7 @@ class RedisFetchCoordinator:
         """
         keys = [self._lease_key(lease.digest), self._committed_key(lease.digest)]
         args = [lease.token, "1" if committed else "0", _ms(self.committed_ttl)]
-        return bool(await self._script(_RELEASE, keys, args))
+        return bool(await self._redis.script(_RELEASE, keys, args))
 
     def keep(self, lease: FetchLease) -> AbstractAsyncContextManager[FetchLease]:
         """Renew ``lease`` in the background while the block runs.
@@ -220,8 +208,10 @@ class RedisFetchCoordinator:
         digest = Digest.parse(digest)
         with anyio.fail_after(timeout):
             while True:
-                committed, leased = await self._thread.run(
-                    self._look, self._committed_key(digest), self._lease_key(digest)
+                committed, leased = await self._redis.pipeline(
+                    "EXISTS",
+                    ("exists", [self._committed_key(digest)]),
+                    ("exists", [self._lease_key(digest)]),
                 )
                 if committed:
                     return "committed"
@@ -237,21 +227,25 @@ class RedisFetchCoordinator:
         """Record that ``connector`` has no ``reference`` in ``repository``, for ``ttl`` s."""
         if ttl <= 0:
             return
-        await self._call("set", self._miss_key(connector, repository, reference), "1", px=_ms(ttl))
+        await self._redis.call(
+            "set", self._miss_key(connector, repository, reference), "1", px=_ms(ttl)
+        )
 
     async def is_miss(self, connector: str, repository: str, reference: str) -> bool:
         """Whether a replica remembered this miss within its TTL."""
-        return bool(await self._call("exists", self._miss_key(connector, repository, reference)))
+        return bool(
+            await self._redis.call("exists", self._miss_key(connector, repository, reference))
+        )
 
     async def forget_miss(self, connector: str, repository: str, reference: str) -> None:
         """Drop a remembered miss (the content was pushed or found)."""
-        await self._call("delete", self._miss_key(connector, repository, reference))
+        await self._redis.call("delete", self._miss_key(connector, repository, reference))
 
     # --- lifetime ---------------------------------------------------------------------
 
     async def aclose(self) -> None:
         """Close the connections and stop their thread; safe to call more than once."""
-        await self._thread.aclose(self._close)
+        await self._redis.aclose()
 
     async def __aenter__(self) -> RedisFetchCoordinator:
         return self
@@ -265,57 +259,8 @@ class RedisFetchCoordinator:
         await self.aclose()
 
     def __repr__(self) -> str:
-        return f"RedisFetchCoordinator({_redacted(self.url)!r}, prefix={self.prefix!r})"
-
-    # --- what runs on the loop thread -----------------------------------------------------
-
-    def _client(self) -> redis.asyncio.Redis:
-        if self._redis is None:
-            self._redis = connect(self.url, max_connections=self.max_connections)
-        return self._redis
-
-    async def _close(self) -> None:
-        if self._redis is not None:
-            await self._redis.aclose()
-
-    async def _call(self, command: str, *args: Any, **kwargs: Any) -> Any:
-        return await self._thread.run(self._run_command, command, args, kwargs)
-
-    async def _run_command(self, command: str, args: Any, kwargs: Any) -> Any:
-        try:
-            return await getattr(self._client(), command)(*args, **kwargs)
-        except (redis.exceptions.RedisError, OSError) as error:
-            raise _translate(self.url, command, error) from error
-
-    async def _script(self, source: str, keys: list[str], args: list[str | int]) -> Any:
-        return await self._thread.run(self._run_script, source, keys, args)
-
-    async def _run_script(self, source: str, keys: list[str], args: list[str | int]) -> Any:
-        script = self._scripts.get(source)
-        if script is None:
-            script = self._scripts[source] = self._client().register_script(source)
-        try:
-            return await script(keys=keys, args=args)
-        except (redis.exceptions.RedisError, OSError) as error:
-            raise _translate(self.url, "EVALSHA", error) from error
-
-    async def _look(self, committed_key: str, lease_key: str) -> tuple[bool, bool]:
-        try:
-            async with self._client().pipeline(transaction=True) as pipe:
-                pipe.exists(committed_key)
-                pipe.exists(lease_key)
-                committed, leased = await pipe.execute()
-        except (redis.exceptions.RedisError, OSError) as error:
-            raise _translate(self.url, "EXISTS", error) from error
-        return bool(committed), bool(leased)
+        return f"RedisFetchCoordinator({redacted(self.url)!r}, prefix={self.prefix!r})"
 
 
 def _ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
-
-
-def _translate(url: str, command: str, error: BaseException) -> StorageError:
-    where = _redacted(url)
-    if isinstance(error, redis.exceptions.ConnectionError | OSError):
-        return StorageError(f"cannot reach Redis at {where} ({command}): {error}")
-    return StorageError(f"Redis {command} at {where} failed: {error}")

@@ -22,27 +22,16 @@ itself works on asyncio and trio alike.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Sequence
 from types import TracebackType
-from typing import Any
 
-from dockerconnect._asyncio_thread import AsyncioThread
 from dockerconnect._descriptor import Descriptor
 from dockerconnect._digest import Digest
 from dockerconnect._manifest import Manifest
 from dockerconnect._protocols import TagRecord
 from dockerconnect._reference import validate_repository, validate_tag
 from dockerconnect.errors import InvalidInput, StorageError
-
-try:
-    import redis.asyncio
-    import redis.exceptions
-except ImportError as error:  # pragma: no cover - depends on the installed extras
-    raise ImportError(
-        "dockerconnect.redis needs redis-py: pip install 'dockerconnect[redis]'"
-    ) from error
+from dockerconnect.redis._connection import RedisConnection, redacted
 
 __all__ = ["RedisManifestStore"]
 
@@ -112,15 +101,13 @@ class RedisManifestStore:
             raise InvalidInput(f"RedisManifestStore prefix must be a string, not {prefix!r}")
         self.url = url
         self.prefix = prefix
-        self._options: dict[str, Any] = {
-            "max_connections": max_connections,
-            "socket_timeout": socket_timeout,
-            "socket_connect_timeout": socket_timeout,
-        }
-        self._thread = AsyncioThread(f"RedisManifestStore({_redacted(url)})")
-        # Touched only on the loop thread.
-        self._redis: redis.asyncio.Redis | None = None
-        self._scripts: dict[str, Any] = {}
+        self._redis = RedisConnection(
+            "RedisManifestStore",
+            url,
+            max_connections=max_connections,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_timeout,
+        )
 
     # --- keys ---------------------------------------------------------------------------
 
@@ -142,7 +129,7 @@ class RedisManifestStore:
     async def get_manifest(self, repository: str, digest: Digest) -> Manifest | None:
         repository = validate_repository(repository)
         digest = Digest.parse(digest)
-        value = await self._call("hget", self._manifests_key(repository), str(digest))
+        value = await self._redis.call("hget", self._manifests_key(repository), str(digest))
         if value is None:
             return None
         return _decode_manifest(value, digest, repository)
@@ -160,7 +147,7 @@ class RedisManifestStore:
         if manifest.subject is not None:
             keys.append(self._referrers_key(repository, manifest.subject.digest))
             args.append(manifest.referrer().to_json())
-        await self._script(_PUT_MANIFEST, keys, args)
+        await self._redis.script(_PUT_MANIFEST, keys, args)
 
     async def delete_manifest(self, repository: str, digest: Digest) -> bool:
         repository = validate_repository(repository)
@@ -177,14 +164,14 @@ class RedisManifestStore:
             return False
         if existing.subject is not None:
             keys.append(self._referrers_key(repository, existing.subject.digest))
-        return bool(await self._script(_DELETE_MANIFEST, keys, [str(digest), repository]))
+        return bool(await self._redis.script(_DELETE_MANIFEST, keys, [str(digest), repository]))
 
     async def referrers(self, repository: str, subject: Digest) -> list[Descriptor]:
         """Descriptors of the manifests in ``repository`` whose ``subject`` is
         ``subject``, ordered by digest; ``[]`` when there are none."""
         repository = validate_repository(repository)
         subject = Digest.parse(subject)
-        values = await self._call("hvals", self._referrers_key(repository, subject))
+        values = await self._redis.call("hvals", self._referrers_key(repository, subject))
         found = [Descriptor.parse(value) for value in values]
         return sorted(found, key=lambda d: str(d.digest))
 
@@ -193,7 +180,7 @@ class RedisManifestStore:
     async def get_tag(self, repository: str, tag: str) -> TagRecord | None:
         repository = validate_repository(repository)
         tag = validate_tag(tag)
-        value = await self._call("hget", self._tags_key(repository), tag)
+        value = await self._redis.call("hget", self._tags_key(repository), tag)
         if value is None:
             return None
         return _decode_record(value, repository, tag)
@@ -212,32 +199,34 @@ class RedisManifestStore:
             }
         )
         keys = [self._tags_key(repository), self._repositories_key]
-        await self._script(_SET_TAG, keys, [tag, value, repository])
+        await self._redis.script(_SET_TAG, keys, [tag, value, repository])
 
     async def delete_tag(self, repository: str, tag: str) -> bool:
         repository = validate_repository(repository)
         tag = validate_tag(tag)
         keys = [self._tags_key(repository), self._manifests_key(repository), self._repositories_key]
-        return bool(await self._script(_DELETE_TAG, keys, [tag, repository]))
+        return bool(await self._redis.script(_DELETE_TAG, keys, [tag, repository]))
 
     async def tags(self, repository: str) -> list[str] | None:
         repository = validate_repository(repository)
-        names, manifests = await self._thread.run(
-            self._tags_and_manifests, self._tags_key(repository), self._manifests_key(repository)
+        names, manifests = await self._redis.pipeline(
+            "HKEYS",
+            ("hkeys", [self._tags_key(repository)]),
+            ("exists", [self._manifests_key(repository)]),
         )
         if names:
             return sorted(name.decode() for name in names)
         return [] if manifests else None
 
     async def repositories(self) -> list[str]:
-        names = await self._call("zrange", self._repositories_key, 0, -1)
+        names = await self._redis.call("zrange", self._repositories_key, 0, -1)
         return sorted(name.decode() for name in names)
 
     # --- lifetime -----------------------------------------------------------------------------
 
     async def aclose(self) -> None:
         """Close the connections and stop their thread; safe to call more than once."""
-        await self._thread.aclose(self._close)
+        await self._redis.aclose()
 
     async def __aenter__(self) -> RedisManifestStore:
         return self
@@ -251,83 +240,7 @@ class RedisManifestStore:
         await self.aclose()
 
     def __repr__(self) -> str:
-        return f"RedisManifestStore({_redacted(self.url)!r}, prefix={self.prefix!r})"
-
-    # --- what runs on the loop thread -----------------------------------------------------------
-
-    def _client(self) -> redis.asyncio.Redis:
-        if self._redis is None:
-            self._redis = connect(self.url, **self._options)
-        return self._redis
-
-    async def _close(self) -> None:
-        if self._redis is not None:
-            await self._redis.aclose()
-
-    async def _call(self, command: str, *args: Any) -> Any:
-        return await self._thread.run(self._run_command, command, args)
-
-    async def _run_command(self, command: str, args: Sequence[Any]) -> Any:
-        method = getattr(self._client(), command)
-        try:
-            return await method(*args)
-        except (redis.exceptions.RedisError, OSError, asyncio.TimeoutError) as error:
-            raise self._translate(error, command) from error
-
-    async def _script(self, source: str, keys: list[str], args: list[str | bytes]) -> Any:
-        return await self._thread.run(self._run_script, source, keys, args)
-
-    async def _run_script(self, source: str, keys: list[str], args: list[str | bytes]) -> Any:
-        script = self._scripts.get(source)
-        if script is None:
-            script = self._scripts[source] = self._client().register_script(source)
-        try:
-            return await script(keys=keys, args=args)
-        except (redis.exceptions.RedisError, OSError, asyncio.TimeoutError) as error:
-            raise self._translate(error, "EVALSHA") from error
-
-    async def _tags_and_manifests(self, tags_key: str, manifests_key: str) -> tuple[Any, Any]:
-        try:
-            async with self._client().pipeline(transaction=True) as pipe:
-                pipe.hkeys(tags_key)
-                pipe.exists(manifests_key)
-                names, manifests = await pipe.execute()
-        except (redis.exceptions.RedisError, OSError, asyncio.TimeoutError) as error:
-            raise self._translate(error, "HKEYS") from error
-        return names, manifests
-
-    def _translate(self, error: BaseException, command: str) -> StorageError:
-        where = _redacted(self.url)
-        if isinstance(error, redis.exceptions.AuthenticationError):
-            return StorageError(f"Redis at {where} refused the credentials: fix the URL's password")
-        if isinstance(error, redis.exceptions.ConnectionError | OSError):
-            return StorageError(f"cannot reach Redis at {where} ({command}): {error}")
-        if isinstance(error, redis.exceptions.TimeoutError | asyncio.TimeoutError):
-            return StorageError(f"Redis at {where} timed out ({command})")
-        return StorageError(f"Redis {command} at {where} failed: {error}")
-
-
-def connect(
-    url: str,
-    *,
-    max_connections: int = 32,
-    socket_timeout: float | None = 30.0,
-    socket_connect_timeout: float | None = 30.0,
-) -> redis.asyncio.Redis:
-    """A client whose pool makes callers wait for a free connection.
-
-    redis-py's default pool raises "Too many connections" once
-    ``max_connections`` are busy; a cache under load should queue instead
-    (for up to ``socket_timeout`` seconds).
-    """
-    pool = redis.asyncio.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=socket_timeout,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=socket_connect_timeout,
-    )
-    return redis.asyncio.Redis.from_pool(pool)
+        return f"RedisManifestStore({redacted(self.url)!r}, prefix={self.prefix!r})"
 
 
 def _decode_manifest(value: bytes, digest: Digest, repository: str) -> Manifest:
@@ -352,13 +265,3 @@ def _decode_record(value: bytes, repository: str, tag: str) -> TagRecord:
         raise StorageError(
             f"the stored record of tag {tag!r} is unreadable", repository=repository
         ) from error
-
-
-def _redacted(url: str) -> str:
-    """``url`` without its password, for messages and thread names."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    credentials, _, host = rest.rpartition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if user else f"{scheme}://***@{host}"

@@ -9,6 +9,7 @@ that measures dockerconnect is not built from the code it measures.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -33,6 +34,8 @@ MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
 )
 USER_AGENT = "bench-peer-client/1"
+RETRIES = 3  # attempts after a 5xx answer, as a container runtime makes
+RETRY_PAUSE = 0.1  # seconds before the first retry; doubled, tripled after
 
 
 # -- the client ---------------------------------------------------------------------
@@ -49,11 +52,13 @@ class PullTally:
     manifests: int = 0
     blobs: int = 0
     bytes: int = 0
+    server_errors: int = 0  # 5xx answers, each retried as a client would
 
     def add(self, other: PullTally) -> None:
         self.manifests += other.manifests
         self.blobs += other.blobs
         self.bytes += other.bytes
+        self.server_errors += other.server_errors
 
 
 def _sha256_digest(data: bytes) -> str:
@@ -69,20 +74,46 @@ class Puller:
     expected digest when given, against ``Docker-Content-Digest`` when sent),
     then GETs each blob one after another, streaming, hashing as it goes and
     comparing digest and size. An index is followed into every child.
+
+    A 5xx answer is retried after a short pause, up to ``retries`` times, as
+    containerd and Docker retry a failed layer; each one is counted in the
+    tally's ``server_errors``, so a proxy that fails under load is reported
+    rather than ending the run. Any other failure ends the pull.
     """
 
-    def __init__(self, base_url: str, client: httpx.AsyncClient) -> None:
+    def __init__(self, base_url: str, client: httpx.AsyncClient, *, retries: int = RETRIES) -> None:
         self.base = base_url.rstrip("/")
         self.client = client
+        self.retries = retries
+        self.server_errors = 0
+
+    async def _retry(self, url: str, status: int, text: str, attempt: int) -> None:
+        """Count a 5xx answer and pause before the next attempt, or raise."""
+        if status < 500 or attempt >= self.retries:
+            raise VerificationFailed(f"GET {url}: {status} {text[:300]}")
+        self.server_errors += 1
+        await anyio.sleep(RETRY_PAUSE * (attempt + 1))
 
     async def pull(
         self, repository: str, reference: str, *, expect: str | None = None
     ) -> PullTally:
+        before = self.server_errors
+        tally = await self._pull(repository, reference, expect=expect)
+        tally.server_errors = self.server_errors - before
+        return tally
+
+    async def _manifest(self, url: str) -> httpx.Response:
+        for attempt in itertools.count():
+            response = await self.client.get(url, headers={"Accept": ", ".join(MANIFEST_TYPES)})
+            if response.status_code == 200:
+                return response
+            await self._retry(url, response.status_code, response.text, attempt)
+        raise AssertionError("unreachable")
+
+    async def _pull(self, repository: str, reference: str, *, expect: str | None) -> PullTally:
         tally = PullTally()
         url = f"{self.base}/v2/{repository}/manifests/{reference}"
-        response = await self.client.get(url, headers={"Accept": ", ".join(MANIFEST_TYPES)})
-        if response.status_code != 200:
-            raise VerificationFailed(f"GET {url}: {response.status_code} {response.text[:300]}")
+        response = await self._manifest(url)
         body = response.content
         digest = _sha256_digest(body)
         wanted = reference if reference.startswith("sha256:") else expect
@@ -102,7 +133,7 @@ class Puller:
         tally.bytes += len(body)
         if "manifests" in document:
             for child in document["manifests"]:
-                tally.add(await self.pull(repository, child["digest"]))
+                tally.add(await self._pull(repository, child["digest"], expect=None))
             return tally
         for descriptor in [document["config"], *document["layers"]]:
             tally.bytes += await self.blob(repository, descriptor["digest"], descriptor["size"])
@@ -114,15 +145,17 @@ class Puller:
         algorithm, _, expected = digest.partition(":")
         if algorithm != "sha256":
             raise VerificationFailed(f"{url}: the benchmark only verifies sha256")
-        hasher = hashlib.sha256()
-        received = 0
-        async with self.client.stream("GET", url) as response:
-            if response.status_code != 200:
+        for attempt in itertools.count():
+            hasher = hashlib.sha256()
+            received = 0
+            async with self.client.stream("GET", url) as response:
+                if response.status_code == 200:
+                    async for chunk in response.aiter_raw():
+                        hasher.update(chunk)
+                        received += len(chunk)
+                    break
                 await response.aread()
-                raise VerificationFailed(f"GET {url}: {response.status_code} {response.text[:300]}")
-            async for chunk in response.aiter_raw():
-                hasher.update(chunk)
-                received += len(chunk)
+            await self._retry(url, response.status_code, response.text, attempt)
         if received != size or hasher.hexdigest() != expected:
             raise VerificationFailed(
                 f"{url}: got {received} bytes hashing to sha256:{hasher.hexdigest()}, "
@@ -389,6 +422,7 @@ class PhaseRecord:
             "mib_s": mib / self.wall_s if self.wall_s > 0 else 0.0,
             "manifests": self.tally.manifests,
             "blobs": self.tally.blobs,
+            "server_errors": self.tally.server_errors,
             "upstream": self.upstream,
             "upstream_cpu_s": self.upstream_cpu_s,
             "proxy": self.proxy,

@@ -656,7 +656,18 @@ def goals(summary: dict[str, Any], catalog: Catalog, sizes: Sizes) -> list[dict[
     alone_dist = _med(summary, "cold_small", "distribution", "proxy.peak_rss_mib")
     big_dc = _med(summary, "big_cold", "dockerconnect", "proxy.peak_rss_mib")
     big_dist = _med(summary, "big_cold", "distribution", "proxy.peak_rss_mib")
+
+    def server_errors(target: str) -> int:
+        return int(sum(summary[phase][target]["max"]["server_errors"] for phase in PHASES))
+
     rows = [
+        {
+            "goal": "5xx answers to the benchmark's pulls, every phase (each retried)",
+            "wanted": "0",
+            "distribution": f"{server_errors('distribution')}",
+            "dockerconnect": f"{server_errors('dockerconnect')}",
+            "met": server_errors("dockerconnect") == 0,
+        },
         {
             "goal": f"cold pull: upstream blob GETs for {small_blobs} blobs",
             "wanted": f"{small_blobs} (one per blob)",
@@ -906,7 +917,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                                 f" {record.wall_s:7.2f}s {records[name][phase]['mib_s']:7.0f} MiB/s"
                                 f"  upstream: {up['requests']:4} req,"
                                 f" {up['blob_get']:3} blob GETs,"
-                                f" {up['bytes'] / MiB:7.1f} MiB",
+                                f" {up['bytes'] / MiB:7.1f} MiB"
+                                + _errors_note(record.tally.server_errors),
                                 flush=True,
                             )
                 runs.append(records)
@@ -947,6 +959,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "goals": goals(summary, catalog, sizes),
         "runs": runs,
     }
+
+
+def _errors_note(server_errors: int) -> str:
+    return f"  ({server_errors} answers 5xx, retried)" if server_errors else ""
 
 
 def _have_matplotlib() -> bool:

@@ -135,3 +135,13 @@ def test_direct_pulls_are_the_clients_own_requests(result: dict[str, Any]) -> No
     direct = _upstream(result, "cold_small", "direct")
     assert direct["blob_get"] == sum(image["blobs"] for image in small)
     assert direct["manifest_get"] == len(small)
+
+
+def test_dockerconnect_never_answers_a_pull_with_a_server_error(result: dict[str, Any]) -> None:
+    """The benchmark's client retries a 5xx answer, as a container runtime
+    does, so a peer that fails under load is reported rather than ending the
+    run; dockerconnect must not need that."""
+    for phase in PHASES:
+        assert _phase(result, phase, "dockerconnect")["server_errors"] == 0, phase
+    (row,) = [g for g in result["goals"] if g["goal"].startswith("5xx answers")]
+    assert row["dockerconnect"] == "0" and row["met"] is True

@@ -25,8 +25,10 @@ from dockerconnect import (
     FilesystemManifestStore,
     Resolver,
 )
+from dockerconnect._flight import TAIL_SIZE
 from dockerconnect._fsfetch import HEADER_SIZE, FilesystemFetches
 from dockerconnect._resolve.shared import FilesystemGate
+from dockerconnect._stream import CHUNK_SIZE
 from dockerconnect.errors import DockerConnectError, UpstreamDigestMismatch
 from dockerconnect.testing import CountingConnector, FakeUpstream
 
@@ -218,3 +220,60 @@ async def test_a_leader_that_finds_nothing_leaves_no_claim(
         assert not claimed(tmp_path, digest)
         assert await read(b, digest) == data
     assert count_b.opened[digest] == 1
+
+
+async def test_a_blob_taken_over_from_a_prefix_is_marked_cached(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    """The takeover commits through the same path as any fetch: within
+    retention's admission, and marked as cached through its connector, so
+    retention may remove it later (an unmarked blob is kept for ever)."""
+    data = blob(2 * MiB)
+    digest = upstream.add_blob(REPO, data)
+    os.close(leave_prefix(tmp_path, digest, len(data), data[: MiB + 9], lock=False))
+    b, _ = resolver(tmp_path, upstream, "b")
+    async with b:
+        assert await read(b, digest) == data
+    assert gate(b).takeovers == 1
+    cached = {entry.digest: entry for entry in await FilesystemBlobStore(tmp_path).cached()}
+    assert digest in cached
+    assert cached[digest].size == len(data)
+    assert cached[digest].source == "up"
+
+
+async def test_a_follower_holds_a_bounded_tail_of_the_leaders_bytes(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    """A follower's flight reads the leader's file back, so it drops what it
+    has handed on beyond the tail instead of holding the whole blob."""
+    data = blob(12 * MiB)
+    digest = upstream.add_blob(REPO, data)
+    upstream.faults.gate = anyio.Event()
+    a, count_a = resolver(tmp_path, upstream, "a")
+    b, count_b = resolver(tmp_path, upstream, "b")
+    got: dict[str, bytes] = {}
+    peak = 0
+
+    async def pull(r: Resolver, key: str) -> None:
+        got[key] = await read(r, digest)
+
+    async def watch() -> None:
+        nonlocal peak
+        while True:
+            for flight in list(b._blobs._flights.values()):
+                peak = max(peak, flight._tail_bytes)
+            await anyio.sleep(0.001)
+
+    async with a, b, anyio.create_task_group() as tg:
+        tg.start_soon(pull, a, "a")
+        await until(lambda: count_a.calls["open_blob"] == 1, "a fetching")
+        tg.start_soon(pull, b, "b")
+        await until(lambda: gate(b).followed == 1, "b following")
+        tg.start_soon(watch)
+        upstream.faults.delay = 0.001
+        upstream.faults.gate.set()
+        await until(lambda: len(got) == 2, "both read")
+        tg.cancel_scope.cancel()
+    assert got == {"a": data, "b": data}
+    assert count_a.opened[digest] + count_b.opened[digest] == 1
+    assert 0 < peak <= TAIL_SIZE + 2 * CHUNK_SIZE

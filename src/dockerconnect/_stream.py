@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
-from types import TracebackType
 from typing import Any
 
+from dockerconnect._closing import AsyncClosing
 from dockerconnect._digest import Digest
 
 __all__ = ["CHUNK_SIZE", "BlobStream"]
@@ -16,7 +16,7 @@ __all__ = ["CHUNK_SIZE", "BlobStream"]
 CHUNK_SIZE = 1024 * 1024
 
 
-class BlobStream:
+class BlobStream(AsyncClosing):
     """A blob's bytes from ``offset`` to its end, as an async iterable of chunks.
 
     ``size`` is the blob's total size, not the number of bytes the stream
@@ -124,17 +124,6 @@ class BlobStream:
         aclose: Any = getattr(self._chunks, "aclose", None)
         if aclose is not None:
             await aclose()
-
-    async def __aenter__(self) -> BlobStream:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         return (

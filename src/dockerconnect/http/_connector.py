@@ -14,11 +14,11 @@ import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from types import TracebackType
 
 import anyio
 import httpx
 
+from dockerconnect._closing import AsyncClosing
 from dockerconnect._descriptor import Descriptor
 from dockerconnect._digest import Digest
 from dockerconnect._manifest import MANIFEST_MEDIA_TYPES, Manifest
@@ -59,7 +59,7 @@ _USER_AGENT = "dockerconnect/0.1 (+httpx)"
 _HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.%]*")
 
 
-class HttpConnector:
+class HttpConnector(AsyncClosing):
     """A :class:`~dockerconnect.Connector` that speaks the registry HTTP API v2.
 
     ``url`` is the registry's base URL (``https://ghcr.io``,
@@ -212,17 +212,6 @@ class HttpConnector:
         connector made it (an injected one is left open)."""
         self._blobs.close()
         await self._client.aclose()
-
-    async def __aenter__(self) -> HttpConnector:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         return f"HttpConnector({self._base!r}, name={self.name!r})"

@@ -35,12 +35,12 @@ import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from types import TracebackType
 from typing import Literal
 
 import anyio
 import attrs
 
+from dockerconnect._closing import AsyncClosing
 from dockerconnect._digest import Digest
 from dockerconnect.errors import InvalidInput, StorageError
 from dockerconnect.redis._connection import RedisConnection, redacted
@@ -75,7 +75,7 @@ class FetchLease:
     token: str
 
 
-class RedisFetchCoordinator:
+class RedisFetchCoordinator(AsyncClosing):
     """Leases and misses in Redis, shared by every replica that names the same
     ``url`` and ``prefix``.
 
@@ -246,17 +246,6 @@ class RedisFetchCoordinator:
     async def aclose(self) -> None:
         """Close the connections and stop their thread; safe to call more than once."""
         await self._redis.aclose()
-
-    async def __aenter__(self) -> RedisFetchCoordinator:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         return f"RedisFetchCoordinator({redacted(self.url)!r}, prefix={self.prefix!r})"

@@ -23,8 +23,8 @@ itself works on asyncio and trio alike.
 from __future__ import annotations
 
 import json
-from types import TracebackType
 
+from dockerconnect._closing import AsyncClosing
 from dockerconnect._descriptor import Descriptor
 from dockerconnect._digest import Digest
 from dockerconnect._manifest import Manifest
@@ -70,7 +70,7 @@ return 1
 """
 
 
-class RedisManifestStore:
+class RedisManifestStore(AsyncClosing):
     """A :class:`~dockerconnect.ManifestStore` in Redis, for replicas that share one.
 
     ``url`` is a redis-py URL (``redis://[user:password@]host:port/db``,
@@ -227,17 +227,6 @@ class RedisManifestStore:
     async def aclose(self) -> None:
         """Close the connections and stop their thread; safe to call more than once."""
         await self._redis.aclose()
-
-    async def __aenter__(self) -> RedisManifestStore:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         return f"RedisManifestStore({redacted(self.url)!r}, prefix={self.prefix!r})"

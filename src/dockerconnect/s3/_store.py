@@ -27,12 +27,12 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from types import TracebackType
 from typing import Any, Literal
 
 import anyio
 
 from dockerconnect._asyncio_thread import AsyncioThread
+from dockerconnect._closing import AsyncClosing
 from dockerconnect._descriptor import Descriptor
 from dockerconnect._digest import Digest, DigestVerifier
 from dockerconnect._protocols import BLOB_MEDIA_TYPE, BlobWriter
@@ -67,7 +67,7 @@ _DENIED = frozenset(
 )
 
 
-class S3BlobStore:
+class S3BlobStore(AsyncClosing):
     """A :class:`~dockerconnect.BlobStore` over the S3 API.
 
     ``bucket`` must exist. ``prefix`` puts every key under a folder-like
@@ -181,17 +181,6 @@ class S3BlobStore:
     async def aclose(self) -> None:
         """Close the client and stop its thread; safe to call more than once."""
         await self._thread.aclose(self._exit_stack.aclose)
-
-    async def __aenter__(self) -> S3BlobStore:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         where = f", endpoint_url={self.endpoint_url!r}" if self.endpoint_url else ""

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -149,3 +150,138 @@ def test_request_metrics_match_prometheus_clients_own_histogram_and_counters() -
 def test_the_package_still_lists_every_public_name() -> None:
     for name in dockerconnect.__all__:
         assert getattr(dockerconnect, name) is not None, name
+
+
+# -- the bound on what an upstream connection reads ahead -----------------------------
+
+_TRANSFER = """
+import hashlib, json, socket, sys, threading
+import anyio
+from dockerconnect._cli._tuning import READ_AHEAD_LIMIT, bound_read_ahead
+
+SIZE = 32 * 1024 * 1024
+payload = bytes(range(256)) * (SIZE // 256)
+bounded = sys.argv[1] == "bounded"
+if bounded:
+    assert bound_read_ahead() and bound_read_ahead()  # idempotent
+
+listener = socket.create_server(("127.0.0.1", 0))
+port = listener.getsockname()[1]
+
+def serve():
+    conn, _ = listener.accept()
+    with conn:
+        conn.sendall(payload)
+
+threading.Thread(target=serve, daemon=True).start()
+
+async def main():
+    digest, got, most = hashlib.sha256(), 0, 0
+    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+        protocol = getattr(stream, "_protocol", None)
+        reads = 0
+        while got < SIZE:
+            if reads % 16 == 0:
+                await anyio.sleep(0.005)  # let the kernel's buffer fill up
+            chunk = await stream.receive(256 * 1024)
+            reads += 1
+            digest.update(chunk)
+            got += len(chunk)
+            if protocol is not None:
+                most = max(most, len(chunk) + sum(map(len, protocol.read_queue)))
+    return {"intact": got == SIZE and digest.digest() == hashlib.sha256(payload).digest(),
+            "most": most, "limit": READ_AHEAD_LIMIT}
+
+backend, options = sys.argv[2], json.loads(sys.argv[3])
+print(json.dumps(anyio.run(main, backend=backend, backend_options=options)))
+"""
+
+
+def _transfer(mode: str, backend: str, options: dict[str, object]) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-c", _TRANSFER, mode, backend, json.dumps(options)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return result
+
+
+_BACKENDS = [
+    pytest.param("asyncio", {"use_uvloop": False}, id="asyncio"),
+    pytest.param("asyncio", {"use_uvloop": True}, id="uvloop"),
+    pytest.param("trio", {}, id="trio"),
+]
+
+
+@pytest.mark.parametrize(("backend", "options"), _BACKENDS)
+def test_a_bounded_stream_still_delivers_every_byte_in_order(
+    backend: str, options: dict[str, object]
+) -> None:
+    if options.get("use_uvloop"):
+        pytest.importorskip("uvloop")
+    result = _transfer("bounded", backend, options)
+    assert result["intact"]
+    if backend == "asyncio":
+        # At most the bound plus the one read that crossed it (256 KiB at most).
+        assert 0 < result["most"] <= result["limit"] + 256 * 1024
+
+
+def test_without_the_bound_uvloop_queues_more_than_it() -> None:
+    """What the bound is for: unbounded, uvloop queues several reads per wake-up."""
+    pytest.importorskip("uvloop")
+    result = _transfer("unbounded", "asyncio", {"use_uvloop": True})
+    assert result["intact"]
+    assert result["most"] > result["limit"] + 256 * 1024
+
+
+def test_the_bound_pauses_reading_only_past_the_limit() -> None:
+    code = """
+import anyio._backends._asyncio as backend
+from dockerconnect._cli._tuning import bound_read_ahead
+
+class Transport:
+    paused = 0
+    def set_write_buffer_limits(self, high=None, low=None): pass
+    def pause_reading(self): self.paused += 1
+
+assert bound_read_ahead(limit=1000)
+protocol, transport = backend.StreamProtocol(), Transport()
+protocol.connection_made(transport)
+protocol.data_received(b"a" * 600)
+assert transport.paused == 0
+protocol.data_received(b"b" * 600)
+assert transport.paused == 1
+assert list(protocol.read_queue) == [b"a" * 600, b"b" * 600]
+protocol.read_queue.clear()
+protocol.data_received(b"c" * 10)
+assert transport.paused == 1
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_serve_bounds_read_ahead_before_uvicorn_starts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import uvicorn
+
+    import dockerconnect._cli as cli
+
+    calls: list[str] = []
+    monkeypatch.setattr(cli, "bound_read_ahead", lambda: calls.append("bound") or True)
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: calls.append("uvicorn"))
+    assert cli.serve(["--store", str(tmp_path)]) == 0
+    assert calls == ["bound", "uvicorn"]

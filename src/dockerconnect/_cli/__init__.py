@@ -36,6 +36,7 @@ from dockerconnect._cli._config import (
     load_config,
     log_level,
 )
+from dockerconnect._cli._tuning import bound_read_ahead
 from dockerconnect.errors import DockerConnectError, StorageError
 
 __all__ = ["ConfigError", "build_app", "build_resolver", "main", "parse_serve", "uvicorn_options"]
@@ -348,6 +349,7 @@ def worker_app() -> Any:
     """The application factory each uvicorn worker process calls (``--workers``)."""
     config = parse_serve(json.loads(os.environ[_ARGV_ENV]))
     _logging(config.log_level)  # a fresh process: configure its logging too
+    bound_read_ahead()
     return build_app(config)
 
 
@@ -369,6 +371,7 @@ def serve(argv: Sequence[str]) -> int:
     import uvicorn
 
     _logging(config.log_level)
+    bound_read_ahead()
     options = uvicorn_options(config)
     if config.workers > 1:
         os.environ[_ARGV_ENV] = json.dumps(list(argv))

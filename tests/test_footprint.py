@@ -12,6 +12,7 @@ and ``Counter`` would.
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 import textwrap
@@ -282,6 +283,61 @@ def test_serve_bounds_read_ahead_before_uvicorn_starts(
 
     calls: list[str] = []
     monkeypatch.setattr(cli, "bound_read_ahead", lambda: calls.append("bound") or True)
+    monkeypatch.setattr(cli, "limit_malloc_arenas", lambda: calls.append("arenas") or True)
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: calls.append("uvicorn"))
     assert cli.serve(["--store", str(tmp_path)]) == 0
-    assert calls == ["bound", "uvicorn"]
+    assert calls == ["bound", "arenas", "uvicorn"]
+
+
+# -- malloc arenas ------------------------------------------------------------------
+
+_ARENAS = """
+import ctypes, sys, threading
+from dockerconnect._cli._tuning import limit_malloc_arenas
+
+if sys.argv[1] == "capped":
+    assert limit_malloc_arenas() is True
+start = threading.Barrier(8)
+
+def churn():
+    start.wait()
+    for _ in range(2000):
+        blocks = [bytearray(4096) for _ in range(16)]
+        del blocks
+
+threads = [threading.Thread(target=churn) for _ in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+ctypes.CDLL(None).malloc_stats()  # one "Arena N:" paragraph per arena, on stderr
+"""
+
+
+def _arenas(mode: str) -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", _ARENAS, mode],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return sum(1 for line in done.stderr.splitlines() if line.startswith("Arena "))
+
+
+_GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+
+
+@pytest.mark.skipif(not _GLIBC, reason="mallopt(M_ARENA_MAX) is glibc's")
+def test_the_server_process_uses_one_malloc_arena() -> None:
+    assert _arenas("uncapped") > 1  # what the cap is for: threads get arenas of their own
+    assert _arenas("capped") == 1
+
+
+@pytest.mark.skipif(_GLIBC, reason="on glibc the cap applies")
+def test_the_arena_cap_does_nothing_off_glibc() -> None:
+    from dockerconnect._cli._tuning import limit_malloc_arenas
+
+    assert limit_malloc_arenas() is False

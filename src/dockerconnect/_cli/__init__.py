@@ -36,7 +36,7 @@ from dockerconnect._cli._config import (
     load_config,
     log_level,
 )
-from dockerconnect._cli._tuning import bound_read_ahead
+from dockerconnect._cli._tuning import bound_read_ahead, limit_malloc_arenas
 from dockerconnect.errors import DockerConnectError, StorageError
 
 __all__ = ["ConfigError", "build_app", "build_resolver", "main", "parse_serve", "uvicorn_options"]
@@ -349,8 +349,14 @@ def worker_app() -> Any:
     """The application factory each uvicorn worker process calls (``--workers``)."""
     config = parse_serve(json.loads(os.environ[_ARGV_ENV]))
     _logging(config.log_level)  # a fresh process: configure its logging too
-    bound_read_ahead()
+    _tune()
     return build_app(config)
+
+
+def _tune() -> None:
+    """The server process's own tuning (``_tuning``), before any thread starts."""
+    bound_read_ahead()
+    limit_malloc_arenas()
 
 
 def _logging(level: str) -> None:
@@ -371,7 +377,7 @@ def serve(argv: Sequence[str]) -> int:
     import uvicorn
 
     _logging(config.log_level)
-    bound_read_ahead()
+    _tune()
     options = uvicorn_options(config)
     if config.workers > 1:
         os.environ[_ARGV_ENV] = json.dumps(list(argv))

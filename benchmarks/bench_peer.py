@@ -5,6 +5,7 @@ Run from the repository root (inside the project's virtualenv)::
     python benchmarks/bench_peer.py             # 3 runs, medians; a few minutes
     python benchmarks/bench_peer.py --runs 5    # more runs against noisy neighbours
     python benchmarks/bench_peer.py --quick     # tiny images, 1 run (CI, about a minute)
+    python benchmarks/bench_peer.py --server-python /path/to/venv/bin/python
 
 Missing ``docker-registry`` or ``skopeo`` are installed with ``apt-get`` (as
 root; otherwise the script says what to install).
@@ -17,7 +18,14 @@ root; otherwise the script says what to install).
   the upstream (a pull-through cache), empty filesystem storage.
 - *dockerconnect*: ``dockerconnect serve`` (uvicorn, a ``Resolver`` over
   empty filesystem stores, one ``HttpConnector`` to the upstream, default
-  policy: caching on, tag TTL 300 s, no eager caching).
+  policy: caching on, tag TTL 300 s, no eager caching). It runs as a user
+  installs it: on the Python of a venv holding only what ``pip install
+  '.[server]'`` installs from this checkout (``benchmarks/.server-venv``,
+  built on first use and whenever ``pyproject.toml`` changes, running this
+  checkout's ``src``), so development-only packages (trio, h2, rich, ...),
+  which libraries import when present, do not count in its memory.
+  ``--server-python PATH`` runs it on another Python; ``--quick`` (CI) on
+  the benchmark's own interpreter. The results say which.
 - *direct*: the upstream itself, the limit a proxy can approach.
 
 Both proxies run with their request logging off (distribution: level
@@ -74,6 +82,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import hashlib
 import json
 import os
 import platform
@@ -142,8 +151,8 @@ PHASES = (
     "skopeo_cold",
 )
 PROXIES = ("distribution", "dockerconnect")
-#: The server under test: ``dockerconnect serve`` (``python -m dockerconnect``).
-SERVE = [sys.executable, "-m", "dockerconnect", "serve"]
+#: Where the deploy venv for ``dockerconnect serve`` is built (gitignored).
+SERVER_VENV = HERE / ".server-venv"
 TAG = "v1"
 
 
@@ -277,6 +286,51 @@ async def seed_upstream(url: str, address: str, sizes: Sizes, seed: int) -> Cata
 # -- the servers -------------------------------------------------------------------------
 
 
+def deploy_venv(path: Path = SERVER_VENV) -> Path:
+    """The Python of a virtualenv holding only what ``pip install '.[server]'``
+    installs from this checkout: the server as a user installs it.
+
+    A development venv holds packages a server install does not (trio and h2,
+    which httpcore imports when present; rich and pygments, which httpx's CLI
+    imports), and each of them counts in the server's resident memory. Built
+    once, and again whenever ``pyproject.toml`` changes; the server still runs
+    this checkout's ``src`` (``PYTHONPATH``), so code changes need no rebuild.
+    """
+    python = path / "bin" / "python"
+    stamp = path / "pyproject.sha256"
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if python.exists() and stamp.is_file() and stamp.read_text() == wanted:
+        return python
+    print(f"building the server's deploy venv in {path} (pip install '.[server]')", flush=True)
+    shutil.rmtree(path, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
+    subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            f"{ROOT}[server]",
+        ],
+        check=True,
+    )
+    stamp.write_text(wanted)
+    return python
+
+
+def server_packages(python: str) -> list[str]:
+    """``name==version`` of every distribution ``python`` can import."""
+    code = (
+        "import importlib.metadata as m\n"
+        "print('\\n'.join(sorted({f\"{d.metadata['Name']}=={d.version}\" "
+        "for d in m.distributions()}, key=str.lower)))"
+    )
+    done = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True)
+    return done.stdout.split()
+
+
 def ensure_tools() -> None:
     """Install Debian's ``docker-registry`` and ``skopeo`` when they are missing."""
     missing = []
@@ -327,9 +381,12 @@ def _free_port() -> int:
 class AsgiServer:
     """``dockerconnect serve`` in a subprocess, in front of ``upstream``."""
 
-    def __init__(self, root: Path, upstream: str, *, startup_timeout: float = 60.0) -> None:
+    def __init__(
+        self, root: Path, upstream: str, *, python: str, startup_timeout: float = 60.0
+    ) -> None:
         self.root = root
         self.upstream = upstream
+        self.python = python
         self.startup_timeout = startup_timeout
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
@@ -349,7 +406,10 @@ class AsgiServer:
         for _ in range(3):
             self.port = _free_port()
             command = [
-                *SERVE,
+                self.python,
+                "-m",
+                "dockerconnect",
+                "serve",
                 "--config",
                 str(config),
                 "--host",
@@ -420,13 +480,16 @@ class Target:
 
 
 @contextmanager
-def proxies(scratch: Path, upstream: DistributionRegistry) -> Iterator[dict[str, Target]]:
-    """Both proxies, started with empty storage, stopped and removed afterwards."""
+def proxies(
+    scratch: Path, upstream: DistributionRegistry, python: str
+) -> Iterator[dict[str, Target]]:
+    """Both proxies, started with empty storage, stopped and removed afterwards;
+    ``dockerconnect serve`` runs on ``python``."""
     with ExitStack() as stack:
         distribution = stack.enter_context(
             QuietProxy(proxy=upstream.url, root=scratch / "distribution")
         )
-        ours = AsgiServer(scratch / "dockerconnect", upstream.url)
+        ours = AsgiServer(scratch / "dockerconnect", upstream.url, python=python)
         ours.start()
         stack.callback(ours.stop)
         assert ours.process is not None
@@ -730,6 +793,14 @@ def goals(summary: dict[str, Any], catalog: Catalog, sizes: Sizes) -> list[dict[
 # -- report ---------------------------------------------------------------------------------
 
 
+#: What ``meta["server_venv"]`` says about the Python ``dockerconnect serve`` ran on.
+SERVER_KINDS = {
+    "deploy": "a venv holding only what `pip install '.[server]'` installs",
+    "running": "the benchmark's own interpreter (--quick), development packages included",
+    "given": "given by --server-python",
+}
+
+
 def markdown(result: dict[str, Any]) -> str:
     summary = result["summary"]
     meta = result["meta"]
@@ -739,6 +810,10 @@ def markdown(result: dict[str, Any]) -> str:
         f"`{meta['command']}` — median of {meta['runs']} run(s), {meta['date']}; "
         f"{meta['cpus']} CPUs shared by every process; Python {meta['python']}, "
         f"{meta['distribution']}, {meta['skopeo']}, uvicorn {meta['uvicorn']}.",
+        "",
+        f"`dockerconnect serve` ran on `{meta['server_python']}`: "
+        + SERVER_KINDS[meta["server_venv"]]
+        + f" ({len(meta['server_packages'])} distributions, listed in peer.json).",
         "",
         "## Throughput (MiB/s received by the verifying client)",
         "",
@@ -898,7 +973,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 records: dict[str, dict[str, Any]] = {t: {} for t in TARGETS}
                 took = warm_page_cache(scratch, _warm_size(sizes))
                 print(f"run {run + 1}/{args.runs}: page cache warmed in {took:.1f}s", flush=True)
-                with proxies(scratch / f"run-{run}", upstream) as targets:
+                with proxies(scratch / f"run-{run}", upstream, args.server_python) as targets:
                     for phase in PHASES:
                         for name in order:
                             record = await run_phase(
@@ -925,20 +1000,28 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     summary = summarize(runs)
-    import uvicorn
+    packages = server_packages(args.server_python)
+
+    def version_of(name: str) -> str:
+        found = [p.split("==", 1)[1] for p in packages if p.split("==")[0].lower() == name]
+        return found[0] if found else "?"
 
     meta = {
         "command": "python benchmarks/bench_peer.py"
         + (" --quick" if args.quick else "")
-        + (f" --runs {args.runs}" if args.runs != (1 if args.quick else 3) else ""),
+        + (f" --runs {args.runs}" if args.runs != (1 if args.quick else 3) else "")
+        + (f" --server-python {args.server_python}" if args.server_venv == "given" else ""),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "runs": args.runs,
         "seed": args.seed,
         "quick": args.quick,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
-        "uvicorn": uvicorn.__version__,
-        "httpx": httpx.__version__,
+        "uvicorn": version_of("uvicorn"),
+        "httpx": version_of("httpx"),
+        "server_python": args.server_python,
+        "server_venv": args.server_venv,
+        "server_packages": packages,
         "distribution": _version([DistributionRegistry().binary, "--version"]),
         "skopeo": _version(["skopeo", "--version"]),
         "sizes": sizes.__dict__,
@@ -980,8 +1063,21 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=7, help="seed of the generated images")
     parser.add_argument("--output", type=Path, default=None, help="directory for results")
     parser.add_argument("--scratch", default=None, help="directory for storage (default: temp)")
+    parser.add_argument(
+        "--server-python",
+        default=None,
+        metavar="PATH",
+        help="the Python that runs dockerconnect serve (default: a deploy venv built in "
+        "benchmarks/.server-venv; --quick: this interpreter)",
+    )
     args = parser.parse_args()
     args.runs = args.runs or (1 if args.quick else 3)
+    if args.server_python is not None:
+        args.server_venv = "given"
+    elif args.quick:
+        args.server_python, args.server_venv = sys.executable, "running"
+    else:
+        args.server_python, args.server_venv = str(deploy_venv()), "deploy"
     if args.output is None:
         args.output = (
             Path(tempfile.mkdtemp(prefix="bench-peer-out-")) if args.quick else HERE / "results"

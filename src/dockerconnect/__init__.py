@@ -8,6 +8,9 @@ in priority order, verifies every byte against its digest, and caches what
 it fetches according to a :class:`CachingPolicy`.
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from dockerconnect import errors
 from dockerconnect._descriptor import Annotations, Descriptor, Platform
 from dockerconnect._digest import Digest, DigestVerifier
@@ -48,9 +51,34 @@ from dockerconnect._resolver import Resolver
 from dockerconnect._stats import ResolverStats
 from dockerconnect._stream import BlobStream
 from dockerconnect.errors import DockerConnectError
-from dockerconnect.layout import OciLayoutConnector, export_layout
+
+if TYPE_CHECKING:
+    from dockerconnect.layout import OciLayoutConnector, export_layout
 
 __version__ = "0.1.0"
+
+#: Public names imported on first use: a server that neither reads nor writes
+#: OCI layouts does not pay for the layout room (see :func:`__getattr__`).
+_LAZY = {
+    "OciLayoutConnector": "dockerconnect.layout",
+    "export_layout": "dockerconnect.layout",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """``dockerconnect.OciLayoutConnector`` and ``dockerconnect.export_layout``,
+    imported on first use (PEP 562)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dockerconnect' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "DOCKER_MANIFEST",

@@ -36,9 +36,10 @@ from dockerconnect._cli._config import (
     load_config,
     log_level,
 )
+from dockerconnect._cli._tuning import bound_read_ahead, limit_malloc_arenas
 from dockerconnect.errors import DockerConnectError, StorageError
 
-__all__ = ["ConfigError", "build_app", "build_resolver", "main", "parse_serve"]
+__all__ = ["ConfigError", "build_app", "build_resolver", "main", "parse_serve", "uvicorn_options"]
 
 log = logging.getLogger("dockerconnect.serve")
 
@@ -348,7 +349,14 @@ def worker_app() -> Any:
     """The application factory each uvicorn worker process calls (``--workers``)."""
     config = parse_serve(json.loads(os.environ[_ARGV_ENV]))
     _logging(config.log_level)  # a fresh process: configure its logging too
+    _tune()
     return build_app(config)
+
+
+def _tune() -> None:
+    """The server process's own tuning (``_tuning``), before any thread starts."""
+    bound_read_ahead()
+    limit_malloc_arenas()
 
 
 def _logging(level: str) -> None:
@@ -369,18 +377,8 @@ def serve(argv: Sequence[str]) -> int:
     import uvicorn
 
     _logging(config.log_level)
-    options: dict[str, Any] = {
-        "host": config.host,
-        "port": config.port,
-        "loop": "auto",  # uvloop and httptools when installed
-        "http": "auto",
-        "lifespan": "on",
-        "log_level": config.log_level,
-        "access_log": False,  # dockerconnect.asgi.access logs each request
-    }
-    if config.tls_cert is not None:
-        options["ssl_certfile"] = str(config.tls_cert)
-        options["ssl_keyfile"] = str(config.tls_key)
+    _tune()
+    options = uvicorn_options(config)
     if config.workers > 1:
         os.environ[_ARGV_ENV] = json.dumps(list(argv))
         uvicorn.run(
@@ -389,6 +387,26 @@ def serve(argv: Sequence[str]) -> int:
     else:
         uvicorn.run(app, **options)
     return 0
+
+
+def uvicorn_options(config: ServeConfig) -> dict[str, Any]:
+    """The keyword arguments ``dockerconnect serve`` gives ``uvicorn.run``."""
+    options: dict[str, Any] = {
+        "host": config.host,
+        "port": config.port,
+        "loop": "auto",  # uvloop and httptools when installed
+        "http": "auto",
+        # The registry API has no WebSocket routes: without this, uvicorn
+        # imports the websockets package (about 1 MiB resident) when installed.
+        "ws": "none",
+        "lifespan": "on",
+        "log_level": config.log_level,
+        "access_log": False,  # dockerconnect.asgi.access logs each request
+    }
+    if config.tls_cert is not None:
+        options["ssl_certfile"] = str(config.tls_cert)
+        options["ssl_keyfile"] = str(config.tls_key)
+    return options
 
 
 def main(argv: Sequence[str] | None = None) -> int:

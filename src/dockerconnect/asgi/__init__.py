@@ -36,7 +36,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dockerconnect import Digest, Registry
 from dockerconnect.asgi._app import RegistryApp
@@ -59,8 +59,10 @@ from dockerconnect.asgi._errors import (
     RouteUnknown,
     TooManySessions,
 )
-from dockerconnect.asgi._stats_metrics import stats_metrics
 from dockerconnect.asgi._uploads import CHUNK_SIZE, UPLOAD_TTL, UploadSessions
+
+if TYPE_CHECKING:
+    from dockerconnect.asgi._stats_metrics import stats_metrics
 
 __all__ = [
     "CHUNK_SIZE",
@@ -85,6 +87,21 @@ __all__ = [
     "create_app",
     "stats_metrics",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``stats_metrics``, imported on first use (PEP 562): it needs
+    ``prometheus_client``, which a server imports only when scraped."""
+    if name == "stats_metrics":
+        from dockerconnect.asgi._stats_metrics import stats_metrics
+
+        globals()[name] = stats_metrics
+        return stats_metrics
+    raise AttributeError(f"module 'dockerconnect.asgi' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), "stats_metrics"})
 
 
 def create_app(

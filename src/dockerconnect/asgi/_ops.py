@@ -13,7 +13,9 @@
   and, for a :class:`~dockerconnect.Resolver`, the series of
   :mod:`dockerconnect.metrics.prometheus` (counters, upstream latency
   histograms, connector health); any other registry's ``stats`` through
-  ``_stats_metrics``.
+  ``_stats_metrics``. Requests are counted in plain counters, and
+  ``prometheus_client`` is imported at the first scrape: a server nobody
+  scrapes does not hold it in memory.
 
 Loggers: ``dockerconnect.asgi`` (errors, start-up), ``dockerconnect.asgi.access``
 (one INFO line per request).
@@ -21,29 +23,36 @@ Loggers: ``dockerconnect.asgi`` (errors, start-up), ``dockerconnect.asgi.access`
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 import os
 import secrets
 import time
+from collections import Counter
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import Metric
+import attrs
 
 from dockerconnect._stats import ResolverStats
 from dockerconnect.asgi._context import Context
 from dockerconnect.asgi._http import Request, Response
 from dockerconnect.asgi._routing import not_allowed
-from dockerconnect.asgi._stats_metrics import stats_metrics
-from dockerconnect.metrics.prometheus import ResolverCollector, health_families
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
 
 __all__ = ["ServerMetrics", "access_log", "healthz", "metrics", "readyz"]
 
 access = logging.getLogger("dockerconnect.asgi.access")
 
 _TEXT = b"text/plain; version=0.0.4; charset=utf-8"
+#: Upper bounds of the request-duration histogram's buckets, in seconds
+#: (``prometheus_client``'s defaults); a last one, ``+Inf``, is implied.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
 
 class _RegistryCollector:
@@ -52,13 +61,19 @@ class _RegistryCollector:
     A :class:`~dockerconnect.Resolver`'s counters go through
     :class:`dockerconnect.metrics.prometheus.ResolverCollector`; any other
     registry's ``stats`` through the generic translation in ``_stats_metrics``.
+    Built at the first scrape, when ``prometheus_client`` is imported.
     """
 
     def __init__(self, registry: Any) -> None:
+        from dockerconnect.metrics.prometheus import ResolverCollector
+
         self._registry = registry
         self._resolver = ResolverCollector(registry)
 
     def collect(self) -> Iterator[Metric]:
+        from dockerconnect.asgi._stats_metrics import stats_metrics
+        from dockerconnect.metrics.prometheus import health_families
+
         stats = getattr(self._registry, "stats", None)
         if isinstance(stats, ResolverStats):
             yield from self._resolver.collect()
@@ -78,39 +93,80 @@ def connector_health(registry: Any) -> dict[str, str] | None:
     return {str(name): str(getattr(h, "state", h)) for name, h in health.items()}
 
 
+@attrs.define
+class _Durations:
+    """One route's request-duration histogram: counts per bucket (not
+    cumulative; the last is ``+Inf``) and the sum of every observation."""
+
+    counts: list[int] = attrs.field(factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
+    total: float = 0.0
+
+
 class ServerMetrics:
-    """The metrics one application keeps, in its own ``CollectorRegistry``."""
+    """The metrics one application keeps, exposed from its own ``CollectorRegistry``.
+
+    Each request costs a few dictionary updates; the Prometheus families are
+    built from those counts when ``/metrics`` is scraped.
+    """
 
     def __init__(self, registry: Any) -> None:
-        self.collectors = CollectorRegistry(auto_describe=False)
-        self.requests = Counter(
-            "dockerconnect_http_requests",
-            "HTTP requests served, by method, route and status.",
-            ["method", "route", "status"],
-            registry=self.collectors,
-        )
-        self.duration = Histogram(
-            "dockerconnect_http_request_duration_seconds",
-            "Time to answer a request, to its last byte.",
-            ["route"],
-            registry=self.collectors,
-        )
-        self.bytes = Counter(
-            "dockerconnect_http_response_bytes",
-            "Body bytes sent, by route.",
-            ["route"],
-            registry=self.collectors,
-        )
-        self.collectors.register(_RegistryCollector(registry))
+        self._registry = registry
+        self.requests: Counter[tuple[str, str, str]] = Counter()
+        self.durations: dict[str, _Durations] = {}
+        self.bytes: Counter[str] = Counter()
+        self._collectors: CollectorRegistry | None = None
 
     def observe(self, method: str, route: str, status: int, seconds: float, sent: int) -> None:
-        self.requests.labels(method, route, str(status)).inc()
-        self.duration.labels(route).observe(seconds)
+        self.requests[method, route, str(status)] += 1
+        durations = self.durations.get(route)
+        if durations is None:
+            durations = self.durations[route] = _Durations()
+        # A bucket counts the observations at most its bound (``le``).
+        durations.counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+        durations.total += seconds
         if sent:
-            self.bytes.labels(route).inc(sent)
+            self.bytes[route] += sent
+
+    def collect(self) -> Iterator[Metric]:
+        """The server's own families (``prometheus_client`` must be importable)."""
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
+        requests = CounterMetricFamily(
+            "dockerconnect_http_requests",
+            "HTTP requests served, by method, route and status.",
+            labels=["method", "route", "status"],
+        )
+        for labels, count in sorted(self.requests.items()):
+            requests.add_metric(list(labels), count)
+        yield requests
+        duration = HistogramMetricFamily(
+            "dockerconnect_http_request_duration_seconds",
+            "Time to answer a request, to its last byte.",
+            labels=["route"],
+        )
+        bounds = [repr(b) for b in DURATION_BUCKETS] + ["+Inf"]  # as prometheus_client writes them
+        for route, durations in sorted(self.durations.items()):
+            cumulative = list(itertools.accumulate(durations.counts))
+            duration.add_metric(
+                [route], list(zip(bounds, cumulative, strict=True)), sum_value=durations.total
+            )
+        yield duration
+        sent = CounterMetricFamily(
+            "dockerconnect_http_response_bytes", "Body bytes sent, by route.", labels=["route"]
+        )
+        for route, count in sorted(self.bytes.items()):
+            sent.add_metric([route], count)
+        yield sent
 
     def render(self) -> bytes:
-        return generate_latest(self.collectors)
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        if self._collectors is None:
+            collectors = CollectorRegistry(auto_describe=False)
+            collectors.register(self)
+            collectors.register(_RegistryCollector(self._registry))
+            self._collectors = collectors
+        return generate_latest(self._collectors)
 
 
 def access_log(request: Request, response: Response, route: str, started: float) -> float:

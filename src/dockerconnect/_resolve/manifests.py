@@ -351,8 +351,10 @@ class Manifests:
             return resolved
         if isinstance(accept, str):
             accept = (accept,)
-        wanted = {base_media_type(t) for t in accept}
         manifest = resolved.manifest
+        if manifest.media_type in accept:
+            return resolved  # named as it is, as clients do: no need to normalise
+        wanted = {base_media_type(t) for t in accept}
         if not wanted or "*/*" in wanted or base_media_type(manifest.media_type) in wanted:
             return resolved
         if not manifest.is_index or not wanted & _IMAGE_TYPES:

@@ -44,6 +44,8 @@ __all__ = ["ServerMetrics", "access_log", "healthz", "metrics", "readyz"]
 access = logging.getLogger("dockerconnect.asgi.access")
 
 _TEXT = b"text/plain; version=0.0.4; charset=utf-8"
+#: Label sets whose series ``ServerMetrics`` keeps at hand.
+_MAX_SERIES = 256
 
 
 class _RegistryCollector:
@@ -102,12 +104,27 @@ class ServerMetrics:
             registry=self.collectors,
         )
         self.collectors.register(_RegistryCollector(registry))
+        #: Each label set's series, looked up once (``labels()`` takes a lock
+        #: and builds a key on every call); bounded, as methods are the client's.
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._sent: dict[str, Any] = {}
 
     def observe(self, method: str, route: str, status: int, seconds: float, sent: int) -> None:
-        self.requests.labels(method, route, str(status)).inc()
-        self.duration.labels(route).observe(seconds)
+        key = (method, route, status)
+        series = self._series.get(key)
+        if series is None:
+            series = (self.requests.labels(method, route, str(status)), self.duration.labels(route))
+            if len(self._series) < _MAX_SERIES:
+                self._series[key] = series
+        series[0].inc()
+        series[1].observe(seconds)
         if sent:
-            self.bytes.labels(route).inc(sent)
+            sent_bytes = self._sent.get(route)
+            if sent_bytes is None:
+                sent_bytes = self.bytes.labels(route)
+                if len(self._sent) < _MAX_SERIES:
+                    self._sent[route] = sent_bytes
+            sent_bytes.inc(sent)
 
     def render(self) -> bytes:
         return generate_latest(self.collectors)
@@ -116,6 +133,8 @@ class ServerMetrics:
 def access_log(request: Request, response: Response, route: str, started: float) -> float:
     """Log one line for a finished request; the seconds it took."""
     seconds = time.monotonic() - started
+    if not access.isEnabledFor(logging.INFO):
+        return seconds
     client = request.scope.get("client") or ("-", 0)
     who = getattr(request.identity, "name", None) or "-"
     access.info(

@@ -4,6 +4,8 @@ Run from the repository root (inside the project's virtualenv)::
 
     python benchmarks/bench_warm.py                 # 3 rounds of each request kind
     python benchmarks/bench_warm.py --profile NAME  # also py-spy the server's warm pulls
+    python benchmarks/bench_warm.py --against ../old-checkout --against-label before
+    python benchmarks/bench_warm.py --quick         # 2 small images, 1 round (CI)
 
 **Setup.** A hosted ``docker-registry`` upstream holds ``--images`` images of
 five 1 MiB layers; ``dockerconnect serve`` (as ``bench_peer.py`` starts it:
@@ -32,6 +34,11 @@ of ``pull_tag`` and of ``manifest_tag`` and writes, under
 by total time) beside the collapsed stacks they come from
 (``.collapsed``, for ``flamegraph.pl`` or speedscope).
 
+``--against TREE`` serves a second ``dockerconnect serve`` from another
+checkout's ``src`` (say the commit before a change) over the same upstream,
+and each round runs on both in turn, so the two are compared under the same
+load from the machine's other users.
+
 Results: ``benchmarks/results/warm.json`` and ``warm.md`` (``--output``).
 """
 
@@ -48,7 +55,9 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +67,9 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_peer
 from _peer_support import AccessLog, Puller, cpu_seconds, http_client
-from bench_peer import TAG, AsgiServer, Pushed, describe
+from bench_peer import ROOT, TAG, AsgiServer, Pushed, describe
 
 from dockerconnect.testing import DistributionRegistry, push_content, random_image
 
@@ -137,7 +147,8 @@ async def one_round(pid: int, request: Request, count: int) -> dict[str, float]:
         for i in range(count):
             await request(client, i)
         wall, cpu = time.perf_counter() - wall, cpu_seconds(pid) - cpu
-    return {"requests": count, "server_cpu_s": cpu, "wall_s": wall}
+    # At least one clock tick (10 ms): what /proc counts in.
+    return {"requests": count, "server_cpu_s": max(cpu, 0.01), "wall_s": wall}
 
 
 def _median_range(values: list[float]) -> dict[str, float]:
@@ -182,92 +193,155 @@ def top_table(collapsed: str, limit: int = 30) -> str:
     return "\n".join(lines) + "\n"
 
 
+@contextmanager
+def _serving_from(tree: Path) -> Iterator[None]:
+    """``AsgiServer`` starts ``dockerconnect serve`` from ``tree/src`` meanwhile."""
+    saved = bench_peer.ROOT
+    bench_peer.ROOT = tree
+    try:
+        yield
+    finally:
+        bench_peer.ROOT = saved
+
+
+@dataclass(frozen=True)
+class Served:
+    label: str
+    url: str
+    pid: int
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=5)
     parser.add_argument("--requests", type=int, default=1000, help="per round (pulls: / 10)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--against",
+        type=Path,
+        metavar="TREE",
+        help="also serve from TREE/src (another checkout: 'before'), rounds interleaved",
+    )
+    parser.add_argument("--against-label", default="", help="names TREE's server")
     parser.add_argument("--profile", metavar="NAME", help="py-spy the server: warm_NAME.*")
-    parser.add_argument("--label", default="", help="named in the results")
+    parser.add_argument("--label", default="this tree", help="names this tree's server")
     parser.add_argument("--output", type=Path, default=HERE / "results")
     parser.add_argument("--seed", type=int, default=16)
+    parser.add_argument(
+        "--quick", action="store_true", help="2 images of 64 KiB layers, 1 round (CI)"
+    )
     args = parser.parse_args()
+    layer = MiB
+    if args.quick:
+        args.images, args.requests, args.rounds, layer = 2, 50, 1, 64 * 1024
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-warm-"))
     try:
-        with DistributionRegistry(root=scratch / "upstream") as upstream:
-            images = anyio.run(seed, upstream.url, args.images, MiB, random.Random(args.seed))
-            server = AsgiServer(scratch / "dockerconnect", upstream.url)
-            server.start()
-            try:
+        with DistributionRegistry(root=scratch / "upstream") as upstream, ExitStack() as stack:
+            images = anyio.run(seed, upstream.url, args.images, layer, random.Random(args.seed))
+            trees = [(args.label, ROOT)]
+            if args.against is not None:
+                label = args.against_label or f"against ({args.against})"
+                trees.insert(0, (label, args.against.resolve()))
+            servers = []
+            for n, (label, tree) in enumerate(trees):
+                server = AsgiServer(scratch / f"dockerconnect-{n}", upstream.url)
+                with _serving_from(tree):
+                    server.start()
+                stack.callback(server.stop)
                 assert server.process is not None
-                results = measure(server.url, server.process.pid, images, upstream, args)
-            finally:
-                server.stop()
+                servers.append(Served(label, server.url, server.process.pid))
+            results = measure(servers, images, upstream, args)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     write(results, args)
 
 
 def measure(
-    base: str,
-    pid: int,
+    servers: list[Served],
     images: list[tuple[Pushed, str]],
     upstream: DistributionRegistry,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
-    requests = requests_of(base, images)
+    requests = {s.label: requests_of(s.url, images) for s in servers}
 
     async def cold() -> None:
         async with http_client() as client:
-            for i in range(len(images)):
-                await requests["pull_tag"](client, i)
+            for server in servers:
+                for i in range(len(images)):
+                    await requests[server.label]["pull_tag"](client, i)
 
     anyio.run(cold)
     log = AccessLog(upstream.log_path)
     mark = log.mark()
-    rounds: dict[str, list[dict[str, float]]] = {kind: [] for kind in KINDS}
-    for _ in range(args.rounds):
+    rounds: dict[str, dict[str, list[dict[str, float]]]] = {
+        s.label: {kind: [] for kind in KINDS} for s in servers
+    }
+    for n in range(args.rounds):
         for kind in KINDS:
             count = args.requests // 10 if kind == "pull_tag" else args.requests
-            rounds[kind].append(anyio.run(one_round, pid, requests[kind], count))
+            # Side by side: each server in turn, the order alternating by round.
+            for server in servers if n % 2 == 0 else servers[::-1]:
+                done = anyio.run(one_round, server.pid, requests[server.label][kind], count)
+                rounds[server.label][kind].append(done)
     upstream_requests = len(log.since(mark))
     if args.profile:
+        ours = servers[-1]
         out = args.output / "profiles"
         out.mkdir(parents=True, exist_ok=True)
         for kind, suffix in (("pull_tag", ""), ("manifest_tag", "_manifest")):
             count = args.requests // 5 if kind == "pull_tag" else 4 * args.requests
             name = f"{args.profile}{suffix}"
             raw = out / f"warm_{name}.collapsed"
-            profile(pid, raw, lambda k=kind, c=count: anyio.run(one_round, pid, requests[k], c))
+            request = requests[ours.label][kind]
+            profile(ours.pid, raw, lambda r=request, c=count: anyio.run(one_round, ours.pid, r, c))
             (out / f"warm_{name}.txt").write_text(top_table(raw.read_text()))
     summary: dict[str, Any] = {}
-    for kind, runs in rounds.items():
-        summary[kind] = {
-            "ops_per_cpu_s": _median_range([r["requests"] / r["server_cpu_s"] for r in runs]),
-            "ops_per_s": _median_range([r["requests"] / r["wall_s"] for r in runs]),
-            "rounds": runs,
+    for label, kinds in rounds.items():
+        summary[label] = {
+            kind: {
+                "ops_per_cpu_s": _median_range([r["requests"] / r["server_cpu_s"] for r in runs]),
+                "ops_per_s": _median_range([r["requests"] / r["wall_s"] for r in runs]),
+                "rounds": runs,
+            }
+            for kind, runs in kinds.items()
         }
-    return {"label": args.label, "upstream_requests_warm": upstream_requests, "kinds": summary}
+    return {
+        "requests_per_round": args.requests,
+        "images": args.images,
+        "rounds": args.rounds,
+        "upstream_requests_warm": upstream_requests,
+        "servers": summary,
+    }
 
 
 def write(results: dict[str, Any], args: argparse.Namespace) -> None:
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "warm.json").write_text(json.dumps(results, indent=2) + "\n")
+    servers = results["servers"]
+    labels = list(servers)
     lines = [
-        f"# warm requests to dockerconnect serve {results['label']}".rstrip(),
+        "# Warm requests to dockerconnect serve: server CPU-seconds per request",
         "",
-        f"upstream requests during the warm rounds: {results['upstream_requests_warm']}",
+        f"`python benchmarks/bench_warm.py` — {results['rounds']} rounds of "
+        f"{results['requests_per_round']} requests (pulls: a tenth), servers side by side, "
+        "interleaved; median (range) of the rounds.",
+        f"Upstream requests during the warm rounds: {results['upstream_requests_warm']}.",
         "",
-        "| request | per server CPU-second (median, range) | per second (median, range) |",
-        "|---|---|---|",
+        "| request | "
+        + " | ".join(f"{label}: per CPU-s" for label in labels)
+        + " | "
+        + " | ".join(f"{label}: per s" for label in labels)
+        + " |",
+        "|---|" + "---:|" * (2 * len(labels)),
     ]
-    for kind, row in results["kinds"].items():
-        cpu, wall = row["ops_per_cpu_s"], row["ops_per_s"]
-        lines.append(
-            f"| {kind} | {cpu['median']:.0f} ({cpu['min']:.0f}-{cpu['max']:.0f}) "
-            f"| {wall['median']:.0f} ({wall['min']:.0f}-{wall['max']:.0f}) |"
-        )
+    for kind in KINDS:
+        cells = []
+        for field in ("ops_per_cpu_s", "ops_per_s"):
+            for label in labels:
+                value = servers[label][kind][field]
+                cells.append(f"{value['median']:.0f} ({value['min']:.0f}-{value['max']:.0f})")
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     (args.output / "warm.md").write_text(text)
     print(text)

@@ -60,7 +60,10 @@ processes sharing the root never remove a blob another one is committing.
 Blob writers hash through :class:`~dockerconnect.DigestVerifier` and publish
 only verified bytes. Two writers of the same digest at once both succeed and
 leave one file. Reads stream chunks of at most
-:data:`~dockerconnect._stream.CHUNK_SIZE` bytes. Blocking file work runs in
+:data:`~dockerconnect._stream.CHUNK_SIZE` bytes, one worker-thread hop per
+chunk, the file's last few bytes (up to :data:`TAIL`) read in the same hop as
+the chunk before them; a tag and the manifest it names are read in one hop
+(:meth:`FilesystemManifestStore.get_tagged`). Blocking file work runs in
 worker threads (:func:`anyio.to_thread.run_sync`), except in the constructors,
 which create the root and clean ``tmp/`` synchronously: build stores at
 start-up, or in a worker thread. ``OSError`` surfaces as

@@ -60,7 +60,10 @@ processes sharing the root never remove a blob another one is committing.
 Blob writers hash through :class:`~dockerconnect.DigestVerifier` and publish
 only verified bytes. Two writers of the same digest at once both succeed and
 leave one file. Reads stream chunks of at most
-:data:`~dockerconnect._stream.CHUNK_SIZE` bytes. Blocking file work runs in
+:data:`~dockerconnect._stream.CHUNK_SIZE` bytes, one worker-thread hop per
+chunk, the file's last few bytes (up to :data:`TAIL`) read in the same hop as
+the chunk before them; a tag and the manifest it names are read in one hop
+(:meth:`FilesystemManifestStore.get_tagged`). Blocking file work runs in
 worker threads (:func:`anyio.to_thread.run_sync`), except in the constructors,
 which create the root and clean ``tmp/`` synchronously: build stores at
 start-up, or in a worker thread. ``OSError`` surfaces as
@@ -102,6 +105,7 @@ from dockerconnect._together import together
 from dockerconnect.errors import (
     BlobUploadInvalid,
     DigestInvalid,
+    DockerConnectError,
     InvalidInput,
     ManifestInvalid,
     NameInvalid,
@@ -442,50 +446,57 @@ class _ParsedManifests:
 class _FileChunks:
     """The chunks of a blob file from an offset; closing closes the file.
 
-    The first chunk is read when the file is opened (one thread hop for a
-    blob that fits in a chunk, and then no file stays open). A class rather
-    than an async generator: a generator that was never iterated runs no
-    ``finally`` when closed, and would leak the file.
+    Each thread hop reads one chunk, and the rest of the file with it when
+    that rest is at most :data:`TAIL` bytes (as a second chunk: no chunk is
+    larger than :data:`CHUNK_SIZE`). The first hop is the one that opens the
+    file, so a blob of up to a chunk and its tail costs one hop in all, and
+    then no file stays open. A class rather than an async generator: a
+    generator that was never iterated runs no ``finally`` when closed, and
+    would leak the file.
     """
 
-    __slots__ = ("_end", "_file", "_first", "_position")
+    __slots__ = ("_end", "_file", "_position", "_ready")
 
-    def __init__(self, file: io.FileIO | None, first: bytes, offset: int, size: int) -> None:
+    def __init__(self, file: io.FileIO | None, ready: list[bytes], offset: int, size: int) -> None:
         self._file = file
-        self._first: bytes | None = first
-        self._position = offset + len(first)
+        self._ready = ready
+        self._position = offset + sum(len(c) for c in ready)
         self._end = size
 
     def __aiter__(self) -> _FileChunks:
         return self
 
     async def __anext__(self) -> bytes:
-        first, self._first = self._first, None
-        if first:
-            return first
+        if self._ready:
+            return self._ready.pop(0)
         file = self._file
         if file is None or self._position >= self._end:
             await self.aclose()
             raise StopAsyncIteration
-        want = min(CHUNK_SIZE, self._end - self._position)
         try:
-            chunk = await run("read blob", file.read, want)
+            self._ready = await run("read blob", _read_chunks, file, self._end - self._position)
         except BaseException:
             await self.aclose()
             raise
-        if not chunk:
+        got = sum(len(c) for c in self._ready)
+        if not got:
             await self.aclose()
             raise StorageError(
                 f"blob file ended at byte {self._position}, expected {self._end} bytes"
             )
-        self._position += len(chunk)
-        return chunk
+        self._position += got
+        if self._position >= self._end:
+            self._close_file()  # read to its end: closed now, not with the stream
+        return self._ready.pop(0)
 
-    async def aclose(self) -> None:
-        self._first = None
+    def _close_file(self) -> None:
         file, self._file = self._file, None
         if file is not None:
             file.close()
+
+    async def aclose(self) -> None:
+        self._ready = []
+        self._close_file()
 
 
 class FilesystemManifestStore:
@@ -535,11 +546,15 @@ class FilesystemManifestStore:
         content = await run("read manifest", read_or_none, path)
         if content is None:
             return None
+        return await self._manifest_of(path, digest, content)
+
+    async def _manifest_of(self, path: str, digest: Digest, content: bytes) -> Manifest:
+        """The manifest a file read from ``path`` holds, verified against ``digest``."""
         known = self._parsed.get(digest, content)
         if known is not None:
             return known
         media_type, newline, data = content.partition(b"\n")
-        if not newline:
+        if not newline or not media_type.isascii():
             raise StorageError(f"manifest file has no media type line: {path}")
         verifier = DigestVerifier(digest, len(data))
         await verifier.aupdate(data)
@@ -671,18 +686,47 @@ class FilesystemManifestStore:
         tag = validate_tag(tag)
         path = self._tag_path(repository, tag)
         content = await run("read tag", read_or_none, path)
+        return None if content is None else _tag_record(path, content)
+
+    async def get_tagged(
+        self, repository: str, tag: str
+    ) -> tuple[TagRecord, Manifest | None] | None:
+        """:meth:`get_tag`, and the manifest it names, read in one thread hop.
+
+        ``None`` when there is no such tag. The manifest is ``None`` when it is
+        not stored, or when its file does not read back as that manifest:
+        :meth:`get_manifest` tells which (and raises what it should), so a
+        caller that needs the manifest asks it then, and a caller that does not
+        (a stale tag that moved upstream) is not failed by a file it never uses.
+        """
+        repository = validate_repository(repository)
+        tag = validate_tag(tag)
+        path = self._tag_path(repository, tag)
+        read = await run("read tag", self._read_tagged, repository, path)
+        if read is None:
+            return None
+        record, manifest_path, content = read
+        if content is None:
+            return record, None
+        try:
+            return record, await self._manifest_of(manifest_path, record.digest, content)
+        except DockerConnectError:
+            return record, None
+
+    def _read_tagged(
+        self, repository: str, path: str
+    ) -> tuple[TagRecord, str, bytes | None] | None:
+        content = read_or_none(path)
         if content is None:
             return None
+        record = _tag_record(path, content)
+        if not record.digest.verifiable:
+            return record, "", None
+        manifest_path = self._manifest_path(repository, record.digest)
         try:
-            doc = json.loads(content)
-            return TagRecord(
-                digest=doc["digest"],
-                media_type=doc["media_type"],
-                confirmed_at=float(doc["confirmed_at"]),
-                source=doc["source"],
-            )
-        except (ValueError, KeyError, TypeError) as exc:
-            raise StorageError(f"corrupt tag record {path}: {exc}") from exc
+            return record, manifest_path, read_or_none(manifest_path)
+        except OSError:
+            return record, manifest_path, None  # get_manifest reads it again, and says why
 
     async def set_tag(self, repository: str, tag: str, record: TagRecord) -> None:
         repository = validate_repository(repository)
@@ -723,26 +767,61 @@ def _size_or_none(path: str) -> int | None:
         return None
 
 
-def _open_at(path: str, offset: int) -> tuple[io.FileIO | None, bytes, int] | None:
-    """``(file, first chunk from offset, size)``; ``file`` is ``None`` (closed)
-    when the first chunk is all there is, or ``offset`` is past the end."""
+#: What a thread hop reading a blob file also reads when that much is all that
+#: is left after a chunk: a blob of a chunk and a few bytes costs one hop.
+TAIL: Final = CHUNK_SIZE // 4
+
+
+def _read_chunks(file: io.FileIO, rest: int) -> list[bytes]:
+    """One chunk of the ``rest`` bytes left in ``file``, and the others too if
+    they are at most :data:`TAIL`; fewer bytes (or none) where the file ends early."""
+    chunks = []
+    want = min(CHUNK_SIZE, rest)
+    if rest - want <= TAIL:
+        want = rest
+    while want > 0:
+        chunk = file.read(min(CHUNK_SIZE, want))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        want -= len(chunk)
+    return chunks
+
+
+def _open_at(path: str, offset: int) -> tuple[io.FileIO | None, list[bytes], int] | None:
+    """``(file, first chunks from offset, size)``; ``file`` is ``None`` (closed)
+    when the first chunks are all there is, or ``offset`` is past the end."""
     try:
         file = io.FileIO(path, "r")
     except (FileNotFoundError, NotADirectoryError):
         return None
     try:
         size = os.fstat(file.fileno()).st_size
-        first = b""
+        first: list[bytes] = []
         if offset < size:
-            file.seek(offset)
-            first = file.read(min(CHUNK_SIZE, size - offset))
-        if offset + len(first) >= size:
+            if offset:
+                file.seek(offset)
+            first = _read_chunks(file, size - offset)
+        if offset + sum(len(c) for c in first) >= size:
             file.close()
             return None, first, size
     except BaseException:
         file.close()
         raise
     return file, first, size
+
+
+def _tag_record(path: str, content: bytes) -> TagRecord:
+    try:
+        doc = json.loads(content)
+        return TagRecord(
+            digest=doc["digest"],
+            media_type=doc["media_type"],
+            confirmed_at=float(doc["confirmed_at"]),
+            source=doc["source"],
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StorageError(f"corrupt tag record {path}: {exc}") from exc
 
 
 def _subject_of(content: bytes) -> Digest | None:

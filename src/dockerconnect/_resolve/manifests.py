@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import attrs
@@ -62,6 +62,9 @@ class Manifests:
         self.owner = context.owner
         self.store = store
         self.usage = context.usage
+        self._get_tagged: (
+            Callable[[str, str], Awaitable[tuple[TagRecord, Manifest | None] | None]] | None
+        ) = getattr(store, "get_tagged", None)
 
     # -- resolving -----------------------------------------------------------------
 
@@ -77,12 +80,14 @@ class Manifests:
                     local = Manifest.parse(local.data, local.media_type)
                 return Resolved(local, self.owner)
             return await self._fetch_shared(repository, ref)
-        record = await self.store.get_tag(repository, ref)
-        if record is None:
+        tagged = await self._tagged(repository, ref)
+        if tagged is None:
             return await self._fetch_shared(repository, ref)
+        record, local = tagged
         decision = self._ctx.policy_for(record.source).tag_decision(record, self._ctx.clock())
         if decision is TagDecision.FRESH:
-            local = await self.store.get_manifest(repository, record.digest)
+            if local is None:
+                local = await self.store.get_manifest(repository, record.digest)
             if local is not None:
                 self._served(repository, record.digest, local)
                 return Resolved(local, self.owner)
@@ -99,6 +104,18 @@ class Manifests:
                 lambda: self._revalidate(repository, ref, record),
             )
         assert_never(decision)
+
+    async def _tagged(self, repository: str, tag: str) -> tuple[TagRecord, Manifest | None] | None:
+        """The tag's record, and the manifest it names when the store read both at once.
+
+        A store with ``get_tagged`` (the filesystem's: one thread hop instead
+        of two) answers both; with any other the manifest is ``None`` here,
+        and read once the tag is known to be fresh.
+        """
+        if self._get_tagged is not None:
+            return await self._get_tagged(repository, tag)
+        record = await self.store.get_tag(repository, tag)
+        return None if record is None else (record, None)
 
     def _served(self, repository: str, digest: Digest, manifest: Manifest) -> None:
         self._ctx.stats.hit(self.owner)
@@ -334,8 +351,10 @@ class Manifests:
             return resolved
         if isinstance(accept, str):
             accept = (accept,)
-        wanted = {base_media_type(t) for t in accept}
         manifest = resolved.manifest
+        if manifest.media_type in accept:
+            return resolved  # named as it is, as clients do: no need to normalise
+        wanted = {base_media_type(t) for t in accept}
         if not wanted or "*/*" in wanted or base_media_type(manifest.media_type) in wanted:
             return resolved
         if not manifest.is_index or not wanted & _IMAGE_TYPES:

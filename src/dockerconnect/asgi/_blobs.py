@@ -44,12 +44,13 @@ def bounded_int(digits: str) -> int:
 
 
 def blob_headers(digest: Digest | str, length: int) -> Headers:
+    value = h(digest)
     return [
         (b"content-type", _OCTET),
-        (b"content-length", h(length)),
-        (b"docker-content-digest", h(digest)),
+        (b"content-length", b"%d" % length),
+        (b"docker-content-digest", value),
         (b"accept-ranges", b"bytes"),
-        (b"etag", h(f'"{digest}"')),
+        (b"etag", b'"%s"' % value),
     ]
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping, Sequence
 from contextlib import aclosing
 from typing import Any
 from urllib.parse import parse_qs
@@ -34,6 +34,8 @@ Send = Callable[[Message], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 
 JSON = b"application/json"
+#: distribution sends the API version on every response; clients probe any of them.
+_API_VERSION = (b"docker-distribution-api-version", b"registry/2.0")
 #: Numbers in headers and queries: ASCII digits only, at most 19 of them
 #: (below 2**63), so ``int()`` never meets Python's 4,300-digit limit and
 #: ``"²"`` (for which ``str.isdigit()`` is true) is no number.
@@ -57,8 +59,12 @@ class Request:
         self.scope = scope
         self.method: str = scope["method"]
         self.path: str = scope["path"]
-        self.query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        self._headers: list[tuple[bytes, bytes]] = list(scope.get("headers", []))
+        self._query: dict[str, list[str]] | None = None
+        headers = scope.get("headers", ())
+        # Read more than once: a list as servers send it, else copied into one.
+        self._headers: Sequence[tuple[bytes, bytes]] = (
+            headers if isinstance(headers, (list, tuple)) else list(headers)
+        )
         self._receive = receive
         self._body_done = False
         #: Who made the request, once an authenticator said so.
@@ -85,6 +91,13 @@ class Request:
                     if value:
                         out.append(value)
         return out
+
+    @property
+    def query(self) -> dict[str, list[str]]:
+        """The query string's parameters, parsed when first asked for (a pull has none)."""
+        if self._query is None:
+            self._query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        return self._query
 
     def param(self, name: str) -> str | None:
         values = self.query.get(name)
@@ -135,10 +148,12 @@ class Response:
         self.sent_bytes = 0
 
     async def start(self, status: int, headers: Headers) -> None:
+        await self._start(status, [*headers, _API_VERSION])
+
+    async def _start(self, status: int, headers: Headers) -> None:
+        """Start the response with ``headers``, which end with the API version."""
         self.started = True
         self.status = status
-        # distribution sends the API version on every response; clients probe any of them.
-        headers = [*headers, (b"docker-distribution-api-version", b"registry/2.0")]
         await self._send({"type": "http.response.start", "status": status, "headers": headers})
 
     async def body(self, data: bytes, *, more: bool = False) -> None:
@@ -156,8 +171,7 @@ class Response:
 
     async def simple(self, status: int, headers: Headers, body: bytes = b"") -> None:
         """A complete response; a HEAD gets the headers (``Content-Length`` kept) only."""
-        headers = [*headers, (b"content-length", str(len(body)).encode())]
-        await self.start(status, headers)
+        await self._start(status, [*headers, (b"content-length", b"%d" % len(body)), _API_VERSION])
         await self.body(b"" if self.head else body)
 
     async def json(self, status: int, document: Any, headers: Headers | None = None) -> None:

@@ -47,10 +47,11 @@ def _default_child(index: Manifest, accept: list[str]) -> Descriptor | None:
 
 
 def _headers(media_type: str, digest: Digest | str) -> Headers:
+    value = h(digest)
     return [
         (b"content-type", h(media_type)),
-        (b"docker-content-digest", h(digest)),
-        (b"etag", h(f'"{digest}"')),
+        (b"docker-content-digest", value),
+        (b"etag", b'"%s"' % value),
     ]
 
 

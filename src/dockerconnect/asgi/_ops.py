@@ -50,6 +50,8 @@ __all__ = ["ServerMetrics", "access_log", "healthz", "metrics", "readyz"]
 access = logging.getLogger("dockerconnect.asgi.access")
 
 _TEXT = b"text/plain; version=0.0.4; charset=utf-8"
+#: The methods counted by name in ``dockerconnect_http_requests``.
+_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 #: Upper bounds of the request-duration histogram's buckets, in seconds
 #: (``prometheus_client``'s defaults); a last one, ``+Inf``, is implied.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -117,6 +119,10 @@ class ServerMetrics:
         self._collectors: CollectorRegistry | None = None
 
     def observe(self, method: str, route: str, status: int, seconds: float, sent: int) -> None:
+        # The method is the client's word: any but the HTTP ones counts as
+        # "other", so a client cannot make series without bound.
+        if method not in _METHODS:
+            method = "other"
         self.requests[method, route, str(status)] += 1
         durations = self.durations.get(route)
         if durations is None:
@@ -172,6 +178,8 @@ class ServerMetrics:
 def access_log(request: Request, response: Response, route: str, started: float) -> float:
     """Log one line for a finished request; the seconds it took."""
     seconds = time.monotonic() - started
+    if not access.isEnabledFor(logging.INFO):
+        return seconds
     client = request.scope.get("client") or ("-", 0)
     who = getattr(request.identity, "name", None) or "-"
     access.info(

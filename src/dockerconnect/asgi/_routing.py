@@ -48,6 +48,22 @@ _SUFFIXES: tuple[tuple[tuple[str | None, ...], Endpoint], ...] = (
 def route(path: str) -> Route:
     """The endpoint ``path`` names; ``RouteUnknown`` or ``NameInvalid`` otherwise."""
     rest = "" if path == "/v2" else path[len("/v2/") :]
+    parts = rest.split("/")
+    if len(parts) > 2 and parts[-1]:
+        # The two routes of every pull, matched without the table (a test
+        # holds this to the table's answer): ".../manifests/<reference>" and
+        # ".../blobs/<digest>", where ".../blobs/uploads" is the uploads route.
+        kind = parts[-2]
+        if kind == "manifests":
+            return Route("manifest", _name(parts, 2), parts[-1])
+        if kind == "blobs" and parts[-1] != "uploads":
+            return Route("blob", _name(parts, 2), parts[-1])
+    return table_route(path)
+
+
+def table_route(path: str) -> Route:
+    """:func:`route` by the table alone."""
+    rest = "" if path == "/v2" else path[len("/v2/") :]
     if rest == "":
         return Route("base")
     if rest == "_catalog":

@@ -245,7 +245,9 @@ def main() -> None:
                 trees.insert(0, (label, args.against.resolve()))
             servers = []
             for n, (label, tree) in enumerate(trees):
-                server = AsgiServer(scratch / f"dockerconnect-{n}", upstream.url)
+                server = AsgiServer(
+                    scratch / f"dockerconnect-{n}", upstream.url, python=sys.executable
+                )
                 with _serving_from(tree):
                     server.start()
                 stack.callback(server.stop)

@@ -212,6 +212,7 @@ class Resolver:
         self._writes = Writes(
             manifests, blobs, walks=self._walks, usage=self._usage, clock=self._now,
             pin_on_push=lambda: self.policy.pin_on_push,
+            settled=self._manifests.store.settled,
         )  # fmt: skip
 
     def _now(self) -> float:
@@ -456,6 +457,7 @@ class Resolver:
         validate_repository(repository)
         check_paging(n, last)
         self._tasks.require()
+        await self._manifests.store.settled()  # cached tags still being committed
         with entered(self):
             return await self._listing.tags(repository, n, last)
 
@@ -466,6 +468,7 @@ class Resolver:
         """
         check_paging(n, last)
         self._tasks.require()
+        await self._manifests.store.settled()
         with entered(self):
             return await self._listing.repositories(n, last)
 
@@ -511,5 +514,6 @@ class Resolver:
         if artifact_type is not None and not _is_media_type(artifact_type):
             raise InvalidInput(f"artifact_type must be a media type, not {artifact_type!r}")
         self._tasks.require()
+        await self._manifests.store.settled()  # cached referrers still being committed
         with entered(self):
             return await self._referrers.lookup(repository, d, artifact_type)

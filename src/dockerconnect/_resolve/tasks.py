@@ -102,6 +102,36 @@ class Tasks:
 
         tg.start_soon(run)
 
+    async def start(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``fn(*args)`` in the background once it has started: ``fn`` takes
+        a ``task_status`` keyword and calls its ``started()``; counted as work."""
+        tg = self.require()
+        self._running += 1
+        if self._idle.is_set():
+            self._idle = anyio.Event()
+
+        entered: list[bool] = []
+
+        def done() -> None:
+            self._running -= 1
+            if not self._running:
+                self._idle.set()
+
+        async def run(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+            entered.append(True)
+            set_current_work(None)
+            try:
+                await fn(*args, task_status=task_status)
+            finally:
+                done()
+
+        try:
+            await tg.start(run)
+        except BaseException:
+            if not entered:  # never ran, so never counted itself off
+                done()
+            raise
+
     async def shared(self, key: tuple[Any, ...], fn: Callable[[], Awaitable[T]]) -> T:
         """Run ``fn`` once, in the background, for every concurrent caller with ``key``."""
         call = self._calls.get(key)

@@ -57,9 +57,6 @@ class ManifestCommits:
         self.inner = store
         self._manifests: dict[tuple[str, Digest], Manifest] = {}
         self._tags: dict[tuple[str, str], TagRecord] = {}
-        self._running = 0
-        self._idle = anyio.Event()
-        self._idle.set()
 
     # -- the store face the manifests room reads and writes through ---------------
 
@@ -89,9 +86,8 @@ class ManifestCommits:
     # -- committing ---------------------------------------------------------------
 
     async def settled(self) -> None:
-        """Wait until no commit is in flight."""
-        while self._running:
-            await self._idle.wait()
+        """Wait until no commit is in flight (``Tasks.settled``)."""
+        await self._ctx.tasks.settled()
 
     async def keep(
         self,
@@ -111,9 +107,6 @@ class ManifestCommits:
         self._manifests[key] = manifest
         if tag is not None and record is not None:
             self._tags[(repository, tag)] = record
-        self._running += 1
-        if self._idle.is_set():
-            self._idle = anyio.Event()
         begun: list[bool] = []
         try:
             # start(), not start_soon(): the commit is running (and shielded)
@@ -181,6 +174,3 @@ class ManifestCommits:
             del self._manifests[key]
         if tag is not None and self._tags.get((repository, tag)) is record:
             del self._tags[(repository, tag)]
-        self._running -= 1
-        if not self._running:
-            self._idle.set()

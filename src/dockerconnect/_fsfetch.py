@@ -12,9 +12,11 @@ that process dies, however it dies. Every other process over the same root
 that wants the blob opens the same file, fails to take the lock, and follows:
 it leaves a ``.followed`` mark, reads the header (the blob's size and the
 connector it comes from) and then the bytes as the holder appends them. A
-holder copies its bytes into the file only once it sees the mark, so a fetch
-nobody follows costs no second write. A follower that finds the lock free
-has outlived the holder:
+holder writes the header with its first bytes, and copies its bytes into the
+file only once it sees the mark, so a fetch nobody follows writes nothing to
+it (no thread hop, no disk work on the client's critical path). A follower
+waits until the header is there. A follower that finds the lock free has
+outlived the holder:
 
 - the name no longer leads to the file it holds open: the holder ended
   cleanly (it removes the name before letting go) and either committed the
@@ -99,6 +101,9 @@ class FetchFile:
         self._written = 0
         self.prefix = 0
         self.header: tuple[int, str] | None = None
+        #: ``begin`` chose a header that is not in the file yet: the first
+        #: ``write`` puts it there, in the same thread hop as its bytes.
+        self._header_due = False
         if held:
             self._took()
 
@@ -203,20 +208,28 @@ class FetchFile:
     # -- holding -------------------------------------------------------------------
 
     async def begin(self, size: int, source: str) -> None:
-        """Say what is being fetched; a prefix left for another size is dropped."""
-        await run("start fetch in progress", self._begin, size, source)
+        """Say what is being fetched; a prefix left for another size is dropped.
 
-    def _begin(self, size: int, source: str) -> None:
+        Nothing is written yet: the header reaches the file with the first
+        :meth:`write`, which only a followed fetch makes. Until then the file
+        keeps what it held (nothing, or a dead holder's prefix of this very
+        blob, which a later holder verifies like any prefix).
+        """
         assert self.held
         if self.header is not None and self.header[0] == size and self.prefix:
             return
+        self.header, self.prefix, self._written = (size, source), 0, 0
+        self._header_due = True
+
+    def _write_header(self, fd: int) -> None:
+        assert self.header is not None
+        size, source = self.header
         line = json.dumps({"size": size, "source": source}).encode()
         if len(line) >= HEADER_SIZE:
             line = json.dumps({"size": size, "source": source[:64]}).encode()
-        fd = self._descriptor()
         os.ftruncate(fd, 0)
         os.pwrite(fd, line.ljust(HEADER_SIZE - 1) + b"\n", 0)
-        self.header, self.prefix, self._written = (size, source), 0, 0
+        self._header_due = False
 
     async def followed(self) -> bool:
         """Whether a process has said it follows this fetch."""
@@ -228,6 +241,8 @@ class FetchFile:
 
     def _append(self, data: bytes) -> None:
         fd = self._descriptor()
+        if self._header_due:
+            self._write_header(fd)
         os.lseek(fd, HEADER_SIZE + self._written, os.SEEK_SET)
         write_all(fd, data)
         self._written += len(data)

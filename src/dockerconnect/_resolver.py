@@ -211,7 +211,7 @@ class Resolver:
         )
         self._writes = Writes(
             manifests, blobs, walks=self._walks, usage=self._usage, clock=self._now,
-            pin_on_push=lambda: self.policy.pin_on_push,
+            pin_on_push=lambda: self.policy.pin_on_push, settled=self._tasks.settled,
         )  # fmt: skip
 
     def _now(self) -> float:
@@ -455,7 +455,7 @@ class Resolver:
         """
         validate_repository(repository)
         check_paging(n, last)
-        self._tasks.require()
+        await self._tasks.settled()  # open, and cached manifests committed
         with entered(self):
             return await self._listing.tags(repository, n, last)
 
@@ -465,7 +465,7 @@ class Resolver:
         ``UpstreamError`` when nothing is listed and a connector could not be asked.
         """
         check_paging(n, last)
-        self._tasks.require()
+        await self._tasks.settled()  # open, and cached manifests committed
         with entered(self):
             return await self._listing.repositories(n, last)
 
@@ -510,6 +510,6 @@ class Resolver:
         d = Digest.parse(digest)
         if artifact_type is not None and not _is_media_type(artifact_type):
             raise InvalidInput(f"artifact_type must be a media type, not {artifact_type!r}")
-        self._tasks.require()
+        await self._tasks.settled()  # open, and cached manifests committed
         with entered(self):
             return await self._referrers.lookup(repository, d, artifact_type)

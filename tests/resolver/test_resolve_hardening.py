@@ -730,4 +730,5 @@ async def test_head_manifest_through_a_connector_whose_override_does_not_cache_m
         # A connector under the default policy is asked with a GET and cached.
         assert (await r.head_manifest("cached", "v1")).digest == image.manifest.digest
         assert counted_other.calls["get_manifest"] == 1
+        await r.wait_idle()  # cached, and made durable after it was served
         assert await r.manifests.get_tag("cached", "v1") is not None

@@ -114,6 +114,7 @@ async def test_stale_tag_that_moved_is_refreshed() -> None:
         clock.advance(61)
         assert (await r.get_manifest("app", "v1")).digest == new.manifest.digest
         assert counted.calls == {"get_manifest": 2, "head_manifest": 1}
+        await r.wait_idle()  # the moved tag is made durable after it is served
         record = await r.manifests.get_tag("app", "v1")
         assert record is not None and record.digest == new.manifest.digest
 

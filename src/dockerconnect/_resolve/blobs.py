@@ -249,15 +249,17 @@ class BlobFetch:
         digest = flight.digest
         error: BaseException | None = None
         try:
-            local = await self.store.stat(digest)
-            if local is not None:
-                # Committed by a fetch that ended while this one was being set up.
-                flight.held_locally(local.size, self.owner)
-                return
             if self.gate is not None:
-                # Other processes share the store: fetch only if none does.
+                # Other processes share the store: fetch only if none does. The
+                # gate looks in the store itself once it may fetch (a leader
+                # that ended meanwhile may have committed the blob).
                 error = await self.gate.fly(self, repository, flight, pin)
             else:
+                local = await self.store.stat(digest)
+                if local is not None:
+                    # Committed by a fetch that ended while this one was set up.
+                    flight.held_locally(local.size, self.owner)
+                    return
                 error = await self.from_sources(repository, flight, pin, None)
         except Exception as exc:
             error = exc

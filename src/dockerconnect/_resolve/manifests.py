@@ -29,6 +29,7 @@ from dockerconnect._digest import Digest
 from dockerconnect._manifest import MANIFEST_MEDIA_TYPES, Manifest, base_media_type
 from dockerconnect._policy import CachingPolicy, StaleDecision, TagDecision
 from dockerconnect._protocols import Connector, ManifestStore, TagRecord
+from dockerconnect._resolve.commits import ManifestCommits
 from dockerconnect._resolve.context import Context
 from dockerconnect._resolve.sources import Found, Nobody, expect
 from dockerconnect.errors import DigestMismatch, ManifestUnknown
@@ -60,7 +61,9 @@ class Manifests:
     def __init__(self, context: Context, *, store: ManifestStore) -> None:
         self._ctx = context
         self.owner = context.owner
-        self.store = store
+        #: The store, seen through the commits of cached manifests still in
+        #: flight (served from memory until they are durable).
+        self.store = ManifestCommits(context, store)
         self.usage = context.usage
         self._get_tagged: (
             Callable[[str, str], Awaitable[tuple[TagRecord, Manifest | None] | None]] | None
@@ -174,18 +177,14 @@ class Manifests:
         }  # fmt: skip
         self._ctx.stats.emit("fetched", **fields)
         if policy.cache_manifests:
-            await self.store.put_manifest(repository, manifest)
-            await self._ctx.usage.cached_manifest(
-                repository, manifest.digest, connector.name, manifest.size
-            )
-            self._ctx.stats.emit("cached", **fields)
-            if isinstance(ref, str):
-                existing = await self.store.get_tag(repository, ref)
-                if existing is None or not existing.local:
-                    record = TagRecord(
-                        manifest.digest, manifest.media_type, self._ctx.clock(), connector.name
-                    )
-                    await self.store.set_tag(repository, ref, record)
+            # Verified: served now, made durable in the background (commits.py).
+            tag = ref if isinstance(ref, str) else None
+            record = None
+            if tag is not None:
+                record = TagRecord(
+                    manifest.digest, manifest.media_type, self._ctx.clock(), connector.name
+                )
+            await self.store.keep(repository, manifest, tag, record, fields)
         misses.info(
             "cache miss: manifest %s:%s (%s, %d bytes) from %r%s",
             repository, ref, manifest.digest, len(manifest.data), connector.name,

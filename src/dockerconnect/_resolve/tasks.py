@@ -43,6 +43,9 @@ class Tasks:
         self._running = 0
         self._idle = anyio.Event()
         self._idle.set()
+        self._commits = 0
+        self._settled = anyio.Event()
+        self._settled.set()
 
     @property
     def is_open(self) -> bool:
@@ -101,6 +104,49 @@ class Tasks:
                     self._idle.set()
 
         tg.start_soon(run)
+
+    async def start(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``fn(*args)`` in the background once it has started: ``fn`` takes
+        a ``task_status`` keyword and calls its ``started()``. Counted as work,
+        and as a commit that :meth:`settled` waits for."""
+        tg = self.require()
+        self._running += 1
+        self._commits += 1
+        if self._idle.is_set():
+            self._idle = anyio.Event()
+        if self._settled.is_set():
+            self._settled = anyio.Event()
+        entered: list[bool] = []
+
+        def done() -> None:
+            self._running -= 1
+            self._commits -= 1
+            if not self._running:
+                self._idle.set()
+            if not self._commits:
+                self._settled.set()
+
+        async def run(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+            entered.append(True)
+            set_current_work(None)
+            try:
+                await fn(*args, task_status=task_status)
+            finally:
+                done()
+
+        try:
+            await tg.start(run)
+        except BaseException:
+            if not entered:  # never ran, so never counted itself off
+                done()
+            raise
+
+    async def settled(self) -> None:
+        """``ResolverClosed`` outside ``async with``; else wait until no work
+        begun with :meth:`start` (a commit of cached content) is running."""
+        self.require()
+        while self._commits:
+            await self._settled.wait()
 
     async def shared(self, key: tuple[Any, ...], fn: Callable[[], Awaitable[T]]) -> T:
         """Run ``fn`` once, in the background, for every concurrent caller with ``key``."""

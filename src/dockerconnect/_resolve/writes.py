@@ -7,7 +7,7 @@ retention never takes it for a cache, however a crash interleaves.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable
 from contextlib import aclosing
 
 import attrs
@@ -37,6 +37,7 @@ class Writes:
         usage: UsageMarks,
         clock: Callable[[], float],
         pin_on_push: Callable[[], bool],
+        settled: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._manifests = manifests
         self._blobs = blobs
@@ -44,6 +45,9 @@ class Writes:
         self._usage = usage
         self._clock = clock
         self._pin_on_push = pin_on_push
+        #: Waits for the commits of cached manifests still in flight, so a
+        #: push or a delete is never overtaken by one (commits.py).
+        self._settled = settled
 
     async def blob(self, digest: Digest, data: bytes | AsyncIterable[bytes]) -> Descriptor:
         """Ingest ``data`` (bytes, or an async iterable of bytes) verified against ``digest``."""
@@ -75,6 +79,7 @@ class Writes:
                 repository=repository,
                 digest=manifest.digest,
             )
+        await self._settle()
         await self._usage.pushed_manifest(repository, manifest.digest)
         await self._manifests.put_manifest(repository, manifest)
         if isinstance(ref, Digest) and ref != manifest.digest:
@@ -87,6 +92,7 @@ class Writes:
 
     async def delete_manifest(self, repository: str, ref: Digest | str) -> None:
         """Delete a tag, or a manifest by digest with every tag naming it."""
+        await self._settle()
         store = self._manifests
         if isinstance(ref, str):
             if not await store.delete_tag(repository, ref):
@@ -103,6 +109,10 @@ class Writes:
             if record is not None and record.digest == ref:
                 await store.delete_tag(repository, tag)
         await store.delete_manifest(repository, ref)
+
+    async def _settle(self) -> None:
+        if self._settled is not None:
+            await self._settled()
 
 
 async def _pieces(view: memoryview) -> AsyncGenerator[bytes, None]:

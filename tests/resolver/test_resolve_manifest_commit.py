@@ -1,0 +1,208 @@
+"""A cold manifest is served verified before its durable commit (fsync, rename);
+until the commit ends the next request for the manifest or its tag gets the
+same bytes from memory, never the upstream; a failed commit costs the cached
+copy, never the client's answer; a push never races the commit it replaces."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import pytest
+
+from dockerconnect import FilesystemManifestStore, MemoryBlobStore, Resolver
+from dockerconnect.testing import CountingConnector, FakeUpstream, random_image
+
+pytestmark = pytest.mark.anyio
+
+#: A guard against a hang, never a timing assertion.
+GUARD = 60
+
+
+@contextmanager
+def file_fsync(monkeypatch: pytest.MonkeyPatch, instead: Callable[[], None]) -> Iterator[None]:
+    """``os.fsync`` of regular files (a manifest's or tag's temporary file) runs
+    ``instead`` first; directories sync as usual."""
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            instead()
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    yield
+
+
+def resolver(tmp_path: Path, counted: CountingConnector) -> Resolver:
+    return Resolver(
+        "local",
+        manifests=FilesystemManifestStore(tmp_path / "manifests"),
+        blobs=MemoryBlobStore(),
+        connectors=[counted],
+    )
+
+
+def manifest_files(tmp_path: Path) -> list[Path]:
+    top = tmp_path / "manifests" / "repositories"
+    return [p for p in top.rglob("*") if p.is_file()] if top.exists() else []
+
+
+async def test_a_cold_manifest_is_served_while_its_commit_syncs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image = random_image(seed=71)
+    digest = image.manifest.digest
+    upstream = FakeUpstream("up")
+    upstream.add("app", image, tag="v1")
+    counted = CountingConnector(upstream)
+    syncing, release = threading.Event(), threading.Event()
+
+    def stuck() -> None:
+        syncing.set()
+        release.wait(GUARD)
+
+    with file_fsync(monkeypatch, stuck):
+        try:
+            async with resolver(tmp_path, counted) as r:
+                with anyio.fail_after(GUARD):
+                    # Answered although the manifest's file is stuck in fsync.
+                    assert (await r.get_manifest("app", "v1")).data == image.manifest.data
+                    assert await anyio.to_thread.run_sync(syncing.wait, GUARD)
+                    # Nothing under its names yet; the next requests, by tag and
+                    # by digest, get the same bytes without asking the upstream.
+                    assert manifest_files(tmp_path) == []
+                    assert await r.manifests.get_manifest("app", digest) is None
+                    assert (await r.get_manifest("app", "v1")).data == image.manifest.data
+                    assert (await r.get_manifest("app", str(digest))).data == image.manifest.data
+                    assert (await r.head_manifest("app", "v1")).digest == digest
+                    assert counted.calls == {"get_manifest": 1}
+                release.set()
+                await r.wait_idle()
+                stored = await r.manifests.get_manifest("app", digest)
+                assert stored is not None and stored.data == image.manifest.data
+                record = await r.manifests.get_tag("app", "v1")
+                assert record is not None and record.digest == digest and record.source == "up"
+                assert counted.calls == {"get_manifest": 1}
+        finally:
+            release.set()
+    assert os.listdir(tmp_path / "manifests" / "tmp") == []
+
+
+async def test_a_push_waits_for_the_commit_of_the_tag_it_replaces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cached, pushed = random_image(seed=72), random_image(seed=73)
+    upstream = FakeUpstream("up")
+    upstream.add("app", cached, tag="v1")
+    upstream.add("app", pushed)  # its blobs resolve through the connector
+    counted = CountingConnector(upstream)
+    syncing, release = threading.Event(), threading.Event()
+
+    def stuck() -> None:
+        syncing.set()
+        release.wait(GUARD)
+
+    with file_fsync(monkeypatch, stuck):
+        try:
+            async with resolver(tmp_path, counted) as r, anyio.create_task_group() as tg:
+                with anyio.fail_after(GUARD):
+                    await r.get_manifest("app", "v1")
+                    assert await anyio.to_thread.run_sync(syncing.wait, GUARD)
+                    done = anyio.Event()
+
+                    async def push() -> None:
+                        await r.push_manifest(
+                            "app",
+                            pushed.manifest.data,
+                            media_type=pushed.manifest.media_type,
+                            tag="v1",
+                        )
+                        done.set()
+
+                    tg.start_soon(push)
+                    await anyio.sleep(0.05)
+                    assert not done.is_set()  # waiting for the cached tag's commit
+                    release.set()
+                    await done.wait()
+        finally:
+            release.set()
+        async with resolver(tmp_path, counted) as r:
+            record = await r.manifests.get_tag("app", "v1")
+            # The push came last: the commit of the cached tag never overwrote it.
+            assert record is not None and record.local
+            assert record.digest == pushed.manifest.digest
+            assert (await r.get_manifest("app", "v1")).digest == pushed.manifest.digest
+
+
+async def test_a_failed_manifest_commit_keeps_the_answer_and_fetches_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image = random_image(seed=74)
+    upstream = FakeUpstream("up")
+    upstream.add("app", image, tag="v1")
+    counted = CountingConnector(upstream)
+
+    def full() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with file_fsync(monkeypatch, full):
+        async with resolver(tmp_path, counted) as r:
+            assert (await r.get_manifest("app", "v1")).data == image.manifest.data
+            await r.wait_idle()
+            # Not cached, nothing half-written, and the next request fetches again.
+            assert await r.manifests.get_manifest("app", image.manifest.digest) is None
+            assert await r.manifests.get_tag("app", "v1") is None
+            assert manifest_files(tmp_path) == []
+            assert os.listdir(tmp_path / "manifests" / "tmp") == []
+            assert (await r.get_manifest("app", "v1")).data == image.manifest.data
+            assert counted.calls == {"get_manifest": 2}
+
+
+async def test_closing_waits_for_the_manifest_commit(tmp_path: Path) -> None:
+    image = random_image(seed=75)
+    upstream = FakeUpstream("up")
+    upstream.add("app", image, tag="v1")
+    async with resolver(tmp_path, CountingConnector(upstream)) as r:
+        await r.get_manifest("app", "v1")
+    # Left right after the answer: the commit still finished.
+    store = FilesystemManifestStore(tmp_path / "manifests")
+    record = await store.get_tag("app", "v1")
+    assert record is not None and record.digest == image.manifest.digest
+    stored = await store.get_manifest("app", image.manifest.digest)
+    assert stored is not None and stored.data == image.manifest.data
+
+
+async def test_a_listing_sees_a_tag_still_being_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image = random_image(seed=76)
+    upstream = FakeUpstream("up")
+    upstream.add("app", image, tag="v1")
+    upstream.can_list = False  # only the local store can list the tag
+    counted = CountingConnector(upstream)
+    release = threading.Event()
+    with file_fsync(monkeypatch, lambda: release.wait(GUARD)):
+        try:
+            async with resolver(tmp_path, counted) as r:
+                with anyio.fail_after(GUARD):
+                    await r.get_manifest("app", "v1")
+                    async with anyio.create_task_group() as tg:
+                        listed: list[list[str]] = []
+
+                        async def list_tags() -> None:
+                            listed.append(await r.tags("app"))
+
+                        tg.start_soon(list_tags)
+                        await anyio.sleep(0.05)
+                        release.set()
+                    assert listed == [["v1"]]
+        finally:
+            release.set()

@@ -229,6 +229,7 @@ async def test_a_warm_pull_by_tag_is_one_hop_and_asks_no_upstream(
     upstream = CountingConnector(fake)
     async with _resolver(tmp_path, upstream, Clock()) as r:
         assert (await r.get_manifest("app", "v1")).data == image.manifest.data
+        await r.wait_idle()  # the cold manifest's durable commit has landed
         asked = upstream.total
         for _ in range(3):
             hops.clear()
@@ -252,6 +253,7 @@ async def test_a_stale_tag_that_moved_is_not_failed_by_its_old_corrupt_manifest(
     clock = Clock()
     async with _resolver(tmp_path, CountingConnector(fake), clock) as r:
         assert (await r.get_manifest("app", "v1")).digest == old.manifest.digest
+        await r.wait_idle()  # committed: the files are there
         path = tmp_path / "repositories" / "app" / "_manifests" / "sha256"
         (path / old.manifest.digest.hex).write_bytes(b"garbage")
         fake.tag("app", "v1", new.manifest.digest)
@@ -267,6 +269,7 @@ async def test_a_fresh_tag_whose_manifest_file_is_corrupt_is_an_error_not_a_wron
     fake.add("app", image, tag="v1")
     async with _resolver(tmp_path, CountingConnector(fake), Clock()) as r:
         assert (await r.get_manifest("app", "v1")).data == image.manifest.data
+        await r.wait_idle()  # committed: the files are there
         path = tmp_path / "repositories" / "app" / "_manifests" / "sha256"
         file = path / image.manifest.digest.hex
         file.write_bytes(file.read_bytes() + b" ")

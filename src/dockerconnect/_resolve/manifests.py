@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import attrs
@@ -65,9 +65,6 @@ class Manifests:
         #: flight (served from memory until they are durable).
         self.store = ManifestCommits(context, store)
         self.usage = context.usage
-        self._get_tagged: (
-            Callable[[str, str], Awaitable[tuple[TagRecord, Manifest | None] | None]] | None
-        ) = getattr(store, "get_tagged", None)
 
     # -- resolving -----------------------------------------------------------------
 
@@ -83,7 +80,7 @@ class Manifests:
                     local = Manifest.parse(local.data, local.media_type)
                 return Resolved(local, self.owner)
             return await self._fetch_shared(repository, ref)
-        tagged = await self._tagged(repository, ref)
+        tagged = await self.store.get_tagged(repository, ref)
         if tagged is None:
             return await self._fetch_shared(repository, ref)
         record, local = tagged
@@ -107,18 +104,6 @@ class Manifests:
                 lambda: self._revalidate(repository, ref, record),
             )
         assert_never(decision)
-
-    async def _tagged(self, repository: str, tag: str) -> tuple[TagRecord, Manifest | None] | None:
-        """The tag's record, and the manifest it names when the store read both at once.
-
-        A store with ``get_tagged`` (the filesystem's: one thread hop instead
-        of two) answers both; with any other the manifest is ``None`` here,
-        and read once the tag is known to be fresh.
-        """
-        if self._get_tagged is not None:
-            return await self._get_tagged(repository, tag)
-        record = await self.store.get_tag(repository, tag)
-        return None if record is None else (record, None)
 
     def _served(self, repository: str, digest: Digest, manifest: Manifest) -> None:
         self._ctx.stats.hit(self.owner)

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import anyio.to_thread
 import pytest
 
@@ -206,3 +207,38 @@ async def test_a_listing_sees_a_tag_still_being_committed(
                     assert listed == [["v1"]]
         finally:
             release.set()
+
+
+async def test_settling_waits_only_for_the_commits_begun_before_it() -> None:
+    """A push or a listing waits for the commits in flight when it asks, not
+    for every commit begun while it waits: steady cold traffic cannot starve it."""
+    from dockerconnect._resolve.tasks import Tasks
+
+    tasks = Tasks("t")
+    await tasks.open()
+    gates = [anyio.Event(), anyio.Event()]
+    settled = anyio.Event()
+
+    async def commit(gate: anyio.Event, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        task_status.started()
+        await gate.wait()
+
+    async def settle() -> None:
+        await tasks.settled()
+        settled.set()
+
+    try:
+        with anyio.fail_after(10):
+            await tasks.start(commit, gates[0])
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(settle)
+                await anyio.wait_all_tasks_blocked()
+                await tasks.start(commit, gates[1])  # begun after the wait began
+                assert not settled.is_set()
+                gates[0].set()
+                await settled.wait()  # while the later commit still runs
+                assert not gates[1].is_set()
+                gates[1].set()
+            await tasks.wait_idle()
+    finally:
+        await tasks.close()

@@ -43,9 +43,9 @@ class Tasks:
         self._running = 0
         self._idle = anyio.Event()
         self._idle.set()
-        self._commits = 0
-        self._settled = anyio.Event()
-        self._settled.set()
+        #: Commits begun with :meth:`start` and not yet ended, each with the
+        #: event it sets when it ends.
+        self._commits: set[anyio.Event] = set()
 
     @property
     def is_open(self) -> bool:
@@ -111,20 +111,18 @@ class Tasks:
         and as a commit that :meth:`settled` waits for."""
         tg = self.require()
         self._running += 1
-        self._commits += 1
         if self._idle.is_set():
             self._idle = anyio.Event()
-        if self._settled.is_set():
-            self._settled = anyio.Event()
+        ended = anyio.Event()
+        self._commits.add(ended)
         entered: list[bool] = []
 
         def done() -> None:
             self._running -= 1
-            self._commits -= 1
             if not self._running:
                 self._idle.set()
-            if not self._commits:
-                self._settled.set()
+            self._commits.discard(ended)
+            ended.set()
 
         async def run(*, task_status: anyio.abc.TaskStatus[None]) -> None:
             entered.append(True)
@@ -142,11 +140,13 @@ class Tasks:
             raise
 
     async def settled(self) -> None:
-        """``ResolverClosed`` outside ``async with``; else wait until no work
-        begun with :meth:`start` (a commit of cached content) is running."""
+        """``ResolverClosed`` outside ``async with``; else wait until the work
+        begun with :meth:`start` (a commit of cached content) before this call
+        has ended. Commits begun meanwhile are not waited for, so a steady
+        stream of cold pulls cannot keep a push or a listing waiting."""
         self.require()
-        while self._commits:
-            await self._settled.wait()
+        for ended in list(self._commits):
+            await ended.wait()
 
     async def shared(self, key: tuple[Any, ...], fn: Callable[[], Awaitable[T]]) -> T:
         """Run ``fn`` once, in the background, for every concurrent caller with ``key``."""

@@ -801,6 +801,14 @@ SERVER_KINDS = {
 }
 
 
+def _shown(path: str) -> str:
+    """``path`` relative to the checkout when it is inside it (the deploy venv)."""
+    try:
+        return str(Path(path).relative_to(ROOT))
+    except ValueError:
+        return path
+
+
 def markdown(result: dict[str, Any]) -> str:
     summary = result["summary"]
     meta = result["meta"]
@@ -811,7 +819,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"{meta['cpus']} CPUs shared by every process; Python {meta['python']}, "
         f"{meta['distribution']}, {meta['skopeo']}, uvicorn {meta['uvicorn']}.",
         "",
-        f"`dockerconnect serve` ran on `{meta['server_python']}`: "
+        f"`dockerconnect serve` ran on `{_shown(meta['server_python'])}`: "
         + SERVER_KINDS[meta["server_venv"]]
         + f" ({len(meta['server_packages'])} distributions, listed in peer.json).",
         "",

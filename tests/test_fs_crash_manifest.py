@@ -1,12 +1,12 @@
-"""A process killed after a cold manifest was verified and served, but before
-its durable commit (fsync, rename) finished, leaves each name absent or whole.
+"""A process killed while a cold manifest's commit syncs leaves each name
+absent or whole.
 
-The child serves a manifest by tag through a Resolver into a
-``FilesystemManifestStore`` whose ``fsync`` of the Nth regular file never
-returns: the client is answered while that commit is stuck, a second request
-is answered from the same verified copy without asking the upstream, and then
-the parent kills the child. N=1 sticks the manifest's own file; later ones
-stick the files written after it (its cached mark, the tag).
+The child asks a Resolver over a ``FilesystemManifestStore`` for a manifest by
+tag, twice at once, and the store's ``fsync`` of the Nth regular file never
+returns: the client is not answered until the commit ends, the second request
+is held on the same verified copy (the upstream is asked once), and then the
+parent kills the child. N=1 sticks the manifest's own file; later ones stick
+the files written after it (its cached mark, the tag).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ print(image.manifest.digest, flush=True)
 
 real_fsync = os.fsync
 synced = []
+printed = []
 
 def stuck_fsync(fd):
     # Directories sync as usual; the Nth regular file never ends syncing.
@@ -50,6 +51,7 @@ def stuck_fsync(fd):
     synced.append(fd)
     if len(synced) < stuck_at:
         return real_fsync(fd)
+    printed.append("syncing")
     print("syncing", flush=True)
     threading.Event().wait()
 
@@ -58,19 +60,21 @@ async def main():
     os.fsync = stuck_fsync
     async with Resolver("local", manifests=manifests, blobs=MemoryBlobStore(),
                         connectors=[counted]) as resolver:
-        first = await resolver.get_manifest("app", "v1")
-        again = await resolver.get_manifest("app", "v1")
-        assert first.data == again.data == image.manifest.data
-        print("served", counted.calls["get_manifest"], flush=True)
-        await anyio.sleep(3600)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(resolver.get_manifest, "app", "v1")
+            tg.start_soon(resolver.get_manifest, "app", "v1")
+            while "syncing" not in printed:
+                await anyio.sleep(0.01)
+            print("asked", counted.calls["get_manifest"], flush=True)
+            await anyio.sleep(3600)
 
 anyio.run(main)
 """
 
 
 def serve_and_kill(root: Path, stuck_at: int) -> tuple[Digest, list[str]]:
-    """Run the child until it has served the manifest twice and a commit is
-    stuck, SIGKILL it; the manifest's digest and what the child printed."""
+    """Run the child until a commit is stuck with both requests waiting on it,
+    SIGKILL it; the manifest's digest and what the child printed."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(root), str(stuck_at)],
@@ -87,12 +91,11 @@ def serve_and_kill(root: Path, stuck_at: int) -> tuple[Digest, list[str]]:
             target=lambda: [printed.put(line) for line in child.stdout or ()], daemon=True
         ).start()
         deadline = time.monotonic() + 120
-        # "served" may come before "syncing": the commit runs in the background.
         while len(lines) < 2:
             try:
                 line = printed.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                raise AssertionError(f"the child never served the manifest: {lines}") from None
+                raise AssertionError(f"the child's commit never stuck: {lines}") from None
             lines.append(line.strip())
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)
@@ -109,13 +112,11 @@ def serve_and_kill(root: Path, stuck_at: int) -> tuple[Digest, list[str]]:
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 @pytest.mark.parametrize("stuck_at", [1, 2, 3])
 @pytest.mark.anyio
-async def test_kill_between_serving_a_manifest_and_its_durable_commit(
-    tmp_path: Path, stuck_at: int
-) -> None:
+async def test_kill_while_a_cold_manifest_commits(tmp_path: Path, stuck_at: int) -> None:
     root = tmp_path / "store"
     digest, lines = await anyio.to_thread.run_sync(serve_and_kill, root, stuck_at)
-    # Served twice while a commit was stuck; the upstream was asked once.
-    assert sorted(lines) == ["served 1", "syncing"]
+    # Two requests waited on one stuck commit; the upstream was asked once.
+    assert lines == ["syncing", "asked 1"]
 
     store = FilesystemManifestStore(root)
     assert os.listdir(root / "tmp") == []  # the stuck writer's file is gone

@@ -277,7 +277,7 @@ class Resolver:
         use (it is not a :class:`~dockerconnect.UsageLog`). Safe to run in
         several processes sharing one filesystem store at once.
         """
-        self._tasks.require()
+        await self._tasks.settled()  # open, and cached manifests committed
         return await self._retention.prune()
 
     def policy_for(self, connector: str | None) -> CachingPolicy:

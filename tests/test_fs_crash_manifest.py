@@ -12,17 +12,13 @@ the files written after it (its cached mark, the tag).
 from __future__ import annotations
 
 import os
-import queue
 import signal
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import anyio.to_thread
 import pytest
 
+from _kill import child, lines
 from dockerconnect._digest import Digest
 from dockerconnect._filesystem import FilesystemManifestStore
 
@@ -75,38 +71,9 @@ anyio.run(main)
 def serve_and_kill(root: Path, stuck_at: int) -> tuple[Digest, list[str]]:
     """Run the child until a commit is stuck with both requests waiting on it,
     SIGKILL it; the manifest's digest and what the child printed."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(root), str(stuck_at)],
-        stdout=subprocess.PIPE,
-        env=env,
-        text=True,
-    )
-    lines: list[str] = []
-    try:
-        assert child.stdout is not None
-        digest = Digest.parse(child.stdout.readline().strip())
-        printed: queue.Queue[str] = queue.Queue()
-        threading.Thread(
-            target=lambda: [printed.put(line) for line in child.stdout or ()], daemon=True
-        ).start()
-        deadline = time.monotonic() + 120
-        while len(lines) < 2:
-            try:
-                line = printed.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"the child's commit never stuck: {lines}") from None
-            lines.append(line.strip())
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=30)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        if child.stdout is not None:
-            child.stdout.close()
-    assert child.returncode == -signal.SIGKILL
-    return digest, lines
+    with child(CHILD, str(root), str(stuck_at)) as (process, digest):
+        printed = lines(process, 2, what="the child's commit never stuck")
+    return digest, printed
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")

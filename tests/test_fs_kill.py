@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import anyio.to_thread
 import pytest
 
+from _kill import child
 from dockerconnect._digest import Digest
 from dockerconnect._filesystem import FilesystemBlobStore
 
@@ -51,33 +50,15 @@ anyio.run(main)
 
 def ingest_and_kill(root: Path) -> tuple[Digest, int]:
     """Run the child, SIGKILL it midway; its digest and the size of its temp file."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(root), str(BLOB_SIZE), str(CHUNK)],
-        stdout=subprocess.PIPE,
-        env=env,
-        text=True,
-    )
-    try:
-        assert child.stdout is not None
-        digest = Digest.parse(child.stdout.readline().strip())
+    with child(CHILD, str(root), str(BLOB_SIZE), str(CHUNK)) as (process, digest):
         deadline = time.monotonic() + 60
         written = 0
         while written < KILL_AFTER:
-            assert child.poll() is None, "the child ended before it could be killed"
+            assert process.poll() is None, "the child ended before it could be killed"
             assert time.monotonic() < deadline, "the child never wrote its temporary file"
             temps = list((root / "tmp").glob("*")) if (root / "tmp").is_dir() else []
             written = max((p.stat().st_size for p in temps), default=0)
             time.sleep(0.01)
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=30)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        if child.stdout is not None:
-            child.stdout.close()
-    assert child.returncode == -signal.SIGKILL
     return digest, written
 
 

@@ -6,22 +6,25 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from dockerconnect import CachingPolicy, MemoryBlobStore, MemoryManifestStore, Resolver
-from dockerconnect.testing import FakeUpstream, random_image
+from dockerconnect import CachingPolicy, Manifest, MemoryBlobStore, MemoryManifestStore, Resolver
+from dockerconnect._digest import Digest
+from dockerconnect.testing import CountingConnector, FakeUpstream, random_image
 
 pytestmark = pytest.mark.anyio
 
 
-class SlowFirst(MemoryManifestStore):
-    """put_manifest of one digest waits (a slow fsync of the first commit)."""
+class SlowFor(MemoryManifestStore):
+    """``put_manifest`` of one digest waits until released (a slow fsync)."""
 
-    def __init__(self) -> None:
+    def __init__(self, slow: Digest) -> None:
         super().__init__()
-        self.slow = None
+        self.slow = slow
+        self.waiting = anyio.Event()
         self.release = anyio.Event()
 
-    async def put_manifest(self, repository, manifest):  # type: ignore[no-untyped-def]
+    async def put_manifest(self, repository: str, manifest: Manifest) -> None:
         if manifest.digest == self.slow:
+            self.waiting.set()
             await self.release.wait()
         await super().put_manifest(repository, manifest)
 
@@ -30,28 +33,33 @@ async def test_a_moved_tag_is_not_moved_back_by_an_older_commit() -> None:
     old, new = random_image(seed=20), random_image(seed=21)
     up = FakeUpstream("up")
     up.add("app", old, tag="v1")
-    store = SlowFirst()
-    store.slow = old.manifest.digest
+    counted = CountingConnector(up)
+    store = SlowFor(old.manifest.digest)
     r = Resolver(
         "local",
         manifests=store,
         blobs=MemoryBlobStore(),
-        connectors=[up],
+        connectors=[counted],
         policy=CachingPolicy(tag_ttl=0.0),
     )
+    got: dict[str, Digest] = {}
 
-    async def release_later() -> None:
-        await anyio.sleep(0.3)  # the first commit's slow sync
-        store.release.set()
+    async def pull(key: str) -> None:
+        got[key] = (await r.get_manifest("app", "v1")).digest
 
     async with r, anyio.create_task_group() as tg:
-        tg.start_soon(release_later)
-        assert (await r.get_manifest("app", "v1")).digest == old.manifest.digest
-        up.add("app", new, tag="v1")  # the tag moves upstream
-        # Revalidated (ttl 0): HEAD says `new`, which is fetched and served.
-        assert (await r.get_manifest("app", "v1")).digest == new.manifest.digest
-        await anyio.sleep(0.5)  # both commits have ended
-        await r.wait_idle()
+        with anyio.fail_after(30):
+            tg.start_soon(pull, "first")
+            await store.waiting.wait()  # the first commit (tag -> old) is stuck
+            up.add("app", new, tag="v1")  # the tag moves upstream
+            # Revalidated (ttl 0): HEAD says `new`, which is fetched; its commit
+            # is not slow, and must still land after the first one.
+            tg.start_soon(pull, "second")
+            while counted.calls["get_manifest"] < 2:  # noqa: ASYNC110
+                await anyio.sleep(0.005)
+            await anyio.sleep(0.05)
+            store.release.set()
+    assert got == {"first": old.manifest.digest, "second": new.manifest.digest}
     record = await store.get_tag("app", "v1")
     assert record is not None
     assert record.digest == new.manifest.digest, "tag moved back to the older manifest"

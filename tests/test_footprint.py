@@ -28,18 +28,25 @@ from dockerconnect.asgi._ops import DURATION_BUCKETS, ServerMetrics
 SRC = str(Path(__file__).resolve().parent.parent / "src")
 
 
-def _modules_after(code: str) -> set[str]:
-    """The modules a fresh interpreter holds after running ``code``."""
-    script = textwrap.dedent(code) + "\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))\n"
+def _python(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter that sees only this checkout's
+    ``src``; fail with its stderr unless it exits 0."""
     done = subprocess.run(
-        [sys.executable, "-c", script],
+        [sys.executable, "-c", code, *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"},
         check=False,
     )
     assert done.returncode == 0, done.stderr
+    return done
+
+
+def _modules_after(code: str) -> set[str]:
+    """The modules a fresh interpreter holds after running ``code``."""
+    script = textwrap.dedent(code) + "\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))\n"
+    done = _python(script)
     modules: list[str] = json.loads(done.stdout.splitlines()[-1])
     return set(modules)
 
@@ -199,15 +206,7 @@ print(json.dumps(anyio.run(main, backend=backend, backend_options=options)))
 
 
 def _transfer(mode: str, backend: str, options: dict[str, object]) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, "-c", _TRANSFER, mode, backend, json.dumps(options)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"},
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    done = _python(_TRANSFER, mode, backend, json.dumps(options))
     result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
     return result
 
@@ -263,15 +262,8 @@ protocol.data_received(b"c" * 10)
 assert transport.paused == 1
 print("ok")
 """
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"},
-        check=False,
-    )
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+    done = _python(code, timeout=60)
+    assert done.stdout.strip() == "ok", done.stderr
 
 
 def test_serve_bounds_read_ahead_before_uvicorn_starts(
@@ -315,15 +307,7 @@ ctypes.CDLL(None).malloc_stats()  # one "Arena N:" paragraph per arena, on stder
 
 
 def _arenas(mode: str) -> int:
-    done = subprocess.run(
-        [sys.executable, "-c", _ARENAS, mode],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"},
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    done = _python(_ARENAS, mode)
     return sum(1 for line in done.stderr.splitlines() if line.startswith("Arena "))
 
 

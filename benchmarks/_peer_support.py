@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import re
+import resource
 import threading
 import time
 from collections import Counter
@@ -307,9 +308,18 @@ def warm_page_cache(directory: Path, size: int, chunk: int = 4 * MiB) -> float:
     return time.perf_counter() - started
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of every thread of ``pid`` so far (``/proc/PID/stat``)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
+def own_cpu_seconds() -> float:
+    """User + system CPU of this process's threads and of the children it waited for."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU of every thread of ``pid`` so far (``/proc/PID/stat``), or
+    of its one ``thread`` (``/proc/PID/task/TID/stat``; ``pid`` is its main thread)."""
+    where = f"/proc/{pid}" if thread is None else f"/proc/{pid}/task/{thread}"
+    stat = Path(f"{where}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / _TICK
 
@@ -322,7 +332,8 @@ def _status_kib(pid: int, key: str) -> int:
 
 
 class ProcessWatch:
-    """Peak RSS and CPU time of one process over a stretch of time.
+    """Peak RSS and CPU time of one process (and of its main thread) over a stretch
+    of time.
 
     The peak is the kernel's ``VmHWM`` after resetting it through
     ``/proc/PID/clear_refs`` (needs the right to trace the process, which its
@@ -334,6 +345,7 @@ class ProcessWatch:
         self._peak_sampled = 0
         self._hwm_reset = False
         self._cpu0 = 0.0
+        self._main0 = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -344,6 +356,7 @@ class ProcessWatch:
         except OSError:
             self._hwm_reset = False
         self._cpu0 = cpu_seconds(self.pid)
+        self._main0 = cpu_seconds(self.pid, self.pid)
         self._peak_sampled = _status_kib(self.pid, "VmRSS:")
         self._stop.clear()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -366,6 +379,8 @@ class ProcessWatch:
         return {
             "peak_rss_mib": peak / 1024,
             "cpu_s": cpu_seconds(self.pid) - self._cpu0,
+            # A Python server's event loop runs on its main thread.
+            "main_thread_cpu_s": cpu_seconds(self.pid, self.pid) - self._main0,
         }
 
 
@@ -412,6 +427,9 @@ class PhaseRecord:
     upstream: dict[str, Any]
     upstream_cpu_s: float
     proxy: dict[str, float] | None
+    #: CPU seconds of the benchmark's own process (the verifying client) and of
+    #: the children it waited for (skopeo) while the pulls ran.
+    client_cpu_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -425,6 +443,7 @@ class PhaseRecord:
             "server_errors": self.tally.server_errors,
             "upstream": self.upstream,
             "upstream_cpu_s": self.upstream_cpu_s,
+            "client_cpu_s": self.client_cpu_s,
             "proxy": self.proxy,
             **self.extra,
         }

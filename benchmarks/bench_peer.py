@@ -26,6 +26,12 @@ root; otherwise the script says what to install).
   which libraries import when present, do not count in its memory.
   ``--server-python PATH`` runs it on another Python; ``--quick`` (CI) on
   the benchmark's own interpreter. The results say which.
+- *passthrough*: the floor of the stack (``_passthrough.py``): uvicorn with
+  the same settings as ``dockerconnect serve``, on the same Python, and one
+  httpx client forwarding every request to the upstream as it comes,
+  streaming the answer back. It verifies nothing, stores nothing and
+  shares nothing, so it asks the upstream for everything in every phase;
+  what it reaches is what any proxy on this stack reaches here.
 - *direct*: the upstream itself, the limit a proxy can approach.
 
 Both proxies run with their request logging off (distribution: level
@@ -66,7 +72,8 @@ manifest, HEAD/GET blob) with body bytes and blob GETs beyond one per digest,
 read from the slice of the upstream's log the phase wrote (each phase waits
 until upstream and proxy have gone quiet, so distribution's background cache
 fill is counted with the phase that caused it); and the proxy's peak RSS
-(``VmHWM``, reset per phase) and CPU seconds. Before each run, a file of
+(``VmHWM``, reset per phase) and CPU seconds, with the client's own CPU
+seconds (this process, verifying every byte). Before each run, a file of
 twice what both proxies will write is written, ``fsync``-ed and removed
 (``_peer_support.warm_page_cache``), so every contender's store writes to
 recycled page-cache pages alike (first-touch pages are several times slower
@@ -117,6 +124,7 @@ from _peer_support import (
     VerificationFailed,
     cpu_seconds,
     http_client,
+    own_cpu_seconds,
     summarize_requests,
     wait_quiet,
     warm_page_cache,
@@ -139,7 +147,7 @@ ROOT = HERE.parent
 KiB = 1024
 MiB = 1024 * KiB
 
-TARGETS = ("direct", "distribution", "dockerconnect")
+TARGETS = ("direct", "passthrough", "distribution", "dockerconnect")
 PHASES = (
     "cold_small",
     "warm_tag",
@@ -150,7 +158,7 @@ PHASES = (
     "index_cold",
     "skopeo_cold",
 )
-PROXIES = ("distribution", "dockerconnect")
+PROXIES = ("passthrough", "distribution", "dockerconnect")
 #: Where the deploy venv for ``dockerconnect serve`` is built (gitignored).
 SERVER_VENV = HERE / ".server-venv"
 TAG = "v1"
@@ -399,43 +407,47 @@ class AsgiServer:
     def log_path(self) -> Path:
         return self.root / "server.log"
 
-    def start(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+    def command(self) -> list[str]:
         config = self.root / "serve.toml"
         config.write_text('[server]\nname = "bench"\n')
+        return [
+            self.python,
+            "-m",
+            "dockerconnect",
+            "serve",
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--store",
+            str(self.root / "store"),
+            "--upstream",
+            self.upstream,
+            "--log-level",
+            "warning",
+        ]
+
+    def environment(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p
+            ),
+        }
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
             self.port = _free_port()
-            command = [
-                self.python,
-                "-m",
-                "dockerconnect",
-                "serve",
-                "--config",
-                str(config),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--store",
-                str(self.root / "store"),
-                "--upstream",
-                self.upstream,
-                "--log-level",
-                "warning",
-            ]
-            env = {
-                **os.environ,
-                "PYTHONPATH": os.pathsep.join(
-                    p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p
-                ),
-            }
             with self.log_path.open("ab") as log:
                 self.process = subprocess.Popen(
-                    command,
+                    self.command(),
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
-                    env=env,
+                    env=self.environment(),
                 )
             if self._wait_ready():
                 return
@@ -443,7 +455,7 @@ class AsgiServer:
             if "address already in use" not in self.log_path.read_text(errors="replace"):
                 break
         raise RuntimeError(
-            f"dockerconnect serve did not come up:\n"
+            f"{type(self).__name__} did not come up:\n"
             f"{self.log_path.read_text(errors='replace')[-4000:]}"
         )
 
@@ -468,6 +480,35 @@ class AsgiServer:
         stop_process(process)
 
 
+class PassthroughServer(AsgiServer):
+    """``_passthrough.py`` on the same Python and uvicorn settings as ``dockerconnect
+    serve``: forwards every request, verifies and stores nothing (the stack's floor)."""
+
+    def command(self) -> list[str]:
+        return [
+            self.python,
+            "-m",
+            "uvicorn",
+            "_passthrough:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--ws",
+            "none",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
+
+    def environment(self) -> dict[str, str]:
+        return {**os.environ, "PYTHONPATH": str(HERE), "PASSTHROUGH_UPSTREAM": self.upstream}
+
+
 @dataclass(frozen=True)
 class Target:
     name: str
@@ -483,18 +524,22 @@ class Target:
 def proxies(
     scratch: Path, upstream: DistributionRegistry, python: str
 ) -> Iterator[dict[str, Target]]:
-    """Both proxies, started with empty storage, stopped and removed afterwards;
-    ``dockerconnect serve`` runs on ``python``."""
+    """Both proxies and the passthrough, started with empty storage, stopped and
+    removed afterwards; ``dockerconnect serve`` and the passthrough run on ``python``."""
     with ExitStack() as stack:
         distribution = stack.enter_context(
             QuietProxy(proxy=upstream.url, root=scratch / "distribution")
         )
         ours = AsgiServer(scratch / "dockerconnect", upstream.url, python=python)
-        ours.start()
-        stack.callback(ours.stop)
+        floor = PassthroughServer(scratch / "passthrough", upstream.url, python=python)
+        for server in (ours, floor):
+            server.start()
+            stack.callback(server.stop)
         assert ours.process is not None
+        assert floor.process is not None
         yield {
             "direct": Target("direct", upstream.url, None),
+            "passthrough": Target("passthrough", floor.url, floor.process.pid),
             "distribution": Target("distribution", distribution.url, registry_pid(distribution)),
             "dockerconnect": Target("dockerconnect", ours.url, ours.process.pid),
         }
@@ -629,9 +674,11 @@ async def run_phase(
     upstream_cpu = cpu_seconds(upstream_pid)
     if watch is not None:
         watch.start()
+    client_cpu = own_cpu_seconds()
     started = time.perf_counter()
     tally, extra = await PHASE_RUNNERS[phase](target, catalog, sizes, scratch)
     wall = time.perf_counter() - started
+    client_cpu = own_cpu_seconds() - client_cpu
     # distribution fills its cache in the background after answering: what it
     # asks the upstream for then belongs to this phase.
     await wait_quiet(log, pids)
@@ -643,6 +690,7 @@ async def run_phase(
         upstream=upstream,
         upstream_cpu_s=cpu_seconds(upstream_pid) - upstream_cpu,
         proxy=resources,
+        client_cpu_s=client_cpu,
         extra=extra,
     )
 
@@ -693,8 +741,8 @@ def goals(summary: dict[str, Any], catalog: Catalog, sizes: Sizes) -> list[dict[
     small_blobs = sum(p.blobs for p in catalog.small)
     pulls = len(catalog.small)
 
-    def ratio(phase: str, other: str) -> float:
-        ours = _med(summary, phase, "dockerconnect", "mib_s")
+    def ratio(phase: str, other: str, target: str = "dockerconnect") -> float:
+        ours = _med(summary, phase, target, "mib_s")
         theirs = _med(summary, phase, other, "mib_s")
         return ours / theirs if theirs else float("nan")
 
@@ -710,15 +758,19 @@ def goals(summary: dict[str, Any], catalog: Catalog, sizes: Sizes) -> list[dict[
             "wanted": f">= {wanted:.1f}",
             "distribution": theirs,
             "dockerconnect": f"{ratio(phase, other):.2f}",
+            "passthrough": f"{ratio(phase, other, 'passthrough'):.2f}",
             "met": ratio(phase, other) >= wanted,
         }
 
-    rss_dc = _med(summary, "concurrent_cold", "dockerconnect", "proxy.peak_rss_mib")
-    rss_dist = _med(summary, "concurrent_cold", "distribution", "proxy.peak_rss_mib")
-    alone_dc = _med(summary, "cold_small", "dockerconnect", "proxy.peak_rss_mib")
-    alone_dist = _med(summary, "cold_small", "distribution", "proxy.peak_rss_mib")
-    big_dc = _med(summary, "big_cold", "dockerconnect", "proxy.peak_rss_mib")
-    big_dist = _med(summary, "big_cold", "distribution", "proxy.peak_rss_mib")
+    def rss(phase: str, target: str) -> float:
+        return _med(summary, phase, target, "proxy.peak_rss_mib")
+
+    rss_dc = rss("concurrent_cold", "dockerconnect")
+    rss_dist = rss("concurrent_cold", "distribution")
+    alone_dc = rss("cold_small", "dockerconnect")
+    alone_dist = rss("cold_small", "distribution")
+    big_dc = rss("big_cold", "dockerconnect")
+    big_dist = rss("big_cold", "distribution")
 
     def server_errors(target: str) -> int:
         return int(sum(summary[phase][target]["max"]["server_errors"] for phase in PHASES))
@@ -770,6 +822,7 @@ def goals(summary: dict[str, Any], catalog: Catalog, sizes: Sizes) -> list[dict[
             "wanted": "<= distribution's",
             "distribution": f"{rss_dist:.0f}",
             "dockerconnect": f"{rss_dc:.0f}",
+            "passthrough": f"{rss('concurrent_cold', 'passthrough'):.0f}",
             "met": rss_dc <= rss_dist,
         },
         {
@@ -777,6 +830,7 @@ def goals(summary: dict[str, Any], catalog: Catalog, sizes: Sizes) -> list[dict[
             "wanted": "<= 1.5 x distribution's",
             "distribution": f"{alone_dist:.0f}",
             "dockerconnect": f"{alone_dc:.0f}",
+            "passthrough": f"{rss('cold_small', 'passthrough'):.0f}",
             "met": alone_dc <= 1.5 * alone_dist,
         },
         {
@@ -784,6 +838,7 @@ def goals(summary: dict[str, Any], catalog: Catalog, sizes: Sizes) -> list[dict[
             "wanted": "<= 8",
             "distribution": f"{big_dist - alone_dist:.0f}",
             "dockerconnect": f"{big_dc - alone_dc:.0f}",
+            "passthrough": f"{rss('big_cold', 'passthrough') - rss('cold_small', 'passthrough'):.0f}",
             "met": big_dc - alone_dc <= 8,
         },
     ]
@@ -825,17 +880,26 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "## Throughput (MiB/s received by the verifying client)",
         "",
-        "| phase | MiB | direct | distribution | dockerconnect | dc / distribution | dc / direct |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "`passthrough` is the stack's floor (`benchmarks/_passthrough.py`): uvicorn and httpx "
+        "on the same Python, forwarding every request to the upstream, verifying and "
+        "storing nothing. Its last column is the most a proxy on this stack reached.",
+        "",
+        "| phase | MiB | direct | passthrough | distribution | dockerconnect "
+        "| dc / distribution | dc / direct | passthrough / direct |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for phase in PHASES:
         mib = {t: _med(summary, phase, t, "mib_s") for t in TARGETS}
         size = _med(summary, phase, "direct", "bytes") / MiB
-        vs_dist = mib["dockerconnect"] / mib["distribution"] if mib["distribution"] else 0
-        vs_direct = mib["dockerconnect"] / mib["direct"] if mib["direct"] else 0
+
+        def over(a: str, b: str) -> float:
+            return mib[a] / mib[b] if mib[b] else 0.0  # noqa: B023 - used at once
+
         out.append(
-            f"| {phase} | {size:.1f} | {mib['direct']:.0f} | {mib['distribution']:.0f} "
-            f"| {mib['dockerconnect']:.0f} | **{vs_dist:.2f}** | {vs_direct:.2f} |"
+            f"| {phase} | {size:.1f} | {mib['direct']:.0f} | {mib['passthrough']:.0f} "
+            f"| {mib['distribution']:.0f} | {mib['dockerconnect']:.0f} "
+            f"| **{over('dockerconnect', 'distribution'):.2f}** "
+            f"| {over('dockerconnect', 'direct'):.2f} | {over('passthrough', 'direct'):.2f} |"
         )
     out += [
         "",
@@ -863,34 +927,69 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "## Proxy resources per phase",
         "",
-        "| phase | distribution peak RSS MiB | dockerconnect peak RSS MiB "
-        "| distribution CPU s | dockerconnect CPU s | upstream CPU s (dist / dc) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| phase | peak RSS MiB: passthrough | distribution | dockerconnect "
+        "| CPU s: passthrough | distribution | dockerconnect | upstream CPU s (dist / dc) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for phase in PHASES:
+        f = summary[phase]["passthrough"]["median"]
         d = summary[phase]["distribution"]["median"]
         c = summary[phase]["dockerconnect"]["median"]
         out.append(
-            f"| {phase} | {d['proxy.peak_rss_mib']:.0f} | {c['proxy.peak_rss_mib']:.0f} "
-            f"| {d['proxy.cpu_s']:.2f} | {c['proxy.cpu_s']:.2f} "
-            f"| {d['upstream_cpu_s']:.2f} / {c['upstream_cpu_s']:.2f} |"
+            f"| {phase} | {f['proxy.peak_rss_mib']:.0f} | {d['proxy.peak_rss_mib']:.0f} "
+            f"| {c['proxy.peak_rss_mib']:.0f} | {f['proxy.cpu_s']:.2f} | {d['proxy.cpu_s']:.2f} "
+            f"| {c['proxy.cpu_s']:.2f} | {d['upstream_cpu_s']:.2f} / {c['upstream_cpu_s']:.2f} |"
         )
+    out += [
+        "",
+        "## Where the CPU went",
+        "",
+        "CPU seconds of each process during a phase (the proxy's and the upstream's "
+        "until both went quiet, so background work after the last answer counts), and "
+        f"how many of the {meta['cpus']} cores they kept busy over the pulls' wall time. "
+        "The client is the benchmark's own process, verifying every byte (and skopeo, "
+        "in `skopeo_cold`). A Python proxy's event loop is its main thread: "
+        "its CPU seconds near the wall time mean the loop was the bottleneck "
+        "(distribution's main thread is one of Go's).",
+        "",
+        "| phase | target | wall s | client CPU s | proxy CPU s | proxy main thread "
+        "| upstream CPU s | cores busy |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for phase in PHASES:
+        for target in TARGETS:
+            m = summary[phase][target]["median"]
+            proxy_cpu = m.get("proxy.cpu_s", 0.0)
+            main = f"{m['proxy.main_thread_cpu_s']:.2f}" if target != "direct" else ""
+            busy = (m["client_cpu_s"] + proxy_cpu + m["upstream_cpu_s"]) / m["wall_s"]
+            out.append(
+                f"| {phase} | {target} | {m['wall_s']:.2f} | {m['client_cpu_s']:.2f} "
+                f"| {proxy_cpu:.2f} | {main} | {m['upstream_cpu_s']:.2f} | {busy:.2f} |"
+            )
     out += [
         "",
         "## Goals",
         "",
-        "| goal | wanted | distribution | dockerconnect | met |",
-        "|---|---|---:|---:|:---:|",
+        "`passthrough`: what the stack's floor reached on the same measure.",
+        "",
+        "| goal | wanted | distribution | dockerconnect | met | passthrough |",
+        "|---|---|---:|---:|:---:|---:|",
     ]
     for row in result["goals"]:
         out.append(
             f"| {row['goal']} | {row['wanted']} | {row['distribution']} "
-            f"| {row['dockerconnect']} | {'yes' if row['met'] else '**no**'} |"
+            f"| {row['dockerconnect']} | {'yes' if row['met'] else '**no**'} "
+            f"| {row.get('passthrough', '')} |"
         )
     return "\n".join(out)
 
 
-COLOURS = {"direct": "#9e9e9e", "distribution": "#1f77b4", "dockerconnect": "#ff7f0e"}
+COLOURS = {
+    "direct": "#9e9e9e",
+    "passthrough": "#c7c7c7",
+    "distribution": "#1f77b4",
+    "dockerconnect": "#ff7f0e",
+}
 
 
 def chart(result: dict[str, Any], path: Path) -> None:
@@ -977,7 +1076,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             log = AccessLog(upstream.log_path)
             upstream_pid = registry_pid(upstream)
             for run in range(args.runs):
-                order = TARGETS[run % 3 :] + TARGETS[: run % 3]
+                turn = run % len(TARGETS)
+                order = TARGETS[turn:] + TARGETS[:turn]
                 records: dict[str, dict[str, Any]] = {t: {} for t in TARGETS}
                 took = warm_page_cache(scratch, _warm_size(sizes))
                 print(f"run {run + 1}/{args.runs}: page cache warmed in {took:.1f}s", flush=True)

@@ -33,7 +33,7 @@ PHASES = {
     "index_cold",
     "skopeo_cold",
 }
-TARGETS = {"direct", "distribution", "dockerconnect"}
+TARGETS = {"direct", "passthrough", "distribution", "dockerconnect"}
 
 _missing = [
     name

@@ -145,3 +145,30 @@ def test_dockerconnect_never_answers_a_pull_with_a_server_error(result: dict[str
         assert _phase(result, phase, "dockerconnect")["server_errors"] == 0, phase
     (row,) = [g for g in result["goals"] if g["goal"].startswith("5xx answers")]
     assert row["dockerconnect"] == "0" and row["met"] is True
+
+
+def test_passthrough_floor_forwards_every_request_and_stores_nothing(
+    result: dict[str, Any],
+) -> None:
+    """The floor asks the upstream for every blob in every phase, warm ones too."""
+    small = _images(result)["small"]
+    blobs = sum(image["blobs"] for image in small)
+    for phase in ("cold_small", "warm_tag", "warm_digest"):
+        assert _upstream(result, phase, "passthrough")["blob_get"] == blobs, phase
+        assert _upstream(result, phase, "passthrough")["manifest_get"] == len(small), phase
+    concurrent = _images(result)["concurrent"]
+    clients = _phase(result, "concurrent_cold", "passthrough")["clients"]
+    assert _upstream(result, "concurrent_cold", "passthrough")["blob_get"] == (
+        concurrent["blobs"] * clients
+    )
+
+
+def test_cpu_is_accounted_per_process(result: dict[str, Any]) -> None:
+    """Client, proxy and proxy main thread CPU seconds are recorded for each phase."""
+    for phase in PHASES:
+        for target in TARGETS:
+            record = _phase(result, phase, target)
+            assert record["client_cpu_s"] > 0, (phase, target)
+            if target != "direct":
+                proxy = record["proxy"]
+                assert 0 <= proxy["main_thread_cpu_s"] <= proxy["cpu_s"] + 0.02, (phase, target)

@@ -79,7 +79,9 @@ async def main(args: argparse.Namespace) -> None:
             up = bp.registry_pid(upstream)
             for run in range(args.runs):
                 bp.warm_page_cache(scratch, bp._warm_size(bp.FULL))
-                server = bp.AsgiServer(scratch / f"dc-{run}", upstream.url)
+                server = bp.AsgiServer(
+                    scratch / f"dc-{run}", upstream.url, python=str(bp.deploy_venv())
+                )
                 server.start()
                 assert server.process is not None
                 ours = bp.Target("dockerconnect", server.url, server.process.pid)

@@ -325,3 +325,37 @@ def test_the_arena_cap_does_nothing_off_glibc() -> None:
     from dockerconnect._cli._tuning import limit_malloc_arenas
 
     assert limit_malloc_arenas() is False
+
+
+def test_an_upstream_request_does_not_retry_a_failed_import() -> None:
+    """httpcore imports sniffio whenever it makes a lock, an event or a shield;
+    sniffio is a dependency so that this finds it in ``sys.modules`` instead of
+    scanning ``sys.path`` for a module that is not there, every time."""
+    done = _python(
+        textwrap.dedent(
+            """
+            import sys, anyio
+            import dockerconnect.http
+            import httpcore._synchronization as sync
+
+            looked = []
+
+            class Watch:
+                def find_spec(self, name, path=None, target=None):
+                    looked.append(name)
+                    return None
+
+            async def main():
+                sys.meta_path.insert(0, Watch())
+                for _ in range(50):
+                    sync.AsyncLock()
+                    sync.AsyncEvent()
+                    with sync.AsyncShieldCancellation():
+                        pass
+
+            anyio.run(main)
+            print(len(looked), sorted(set(looked)))
+            """
+        )
+    )
+    assert done.stdout.split()[0] == "0", done.stdout

@@ -113,10 +113,13 @@ class Synthetic:
         return None
 
 
-def _held_bytes(root: Path) -> int:
+def _held_bytes(root: Path, skip: set[str]) -> int:
+    """Bytes of the blobs under ``root``, but those whose file name is in ``skip``."""
     total = 0
     for directory, _, names in os.walk(root / "blobs"):
         for name in names:
+            if name in skip:
+                continue
             try:
                 total += os.stat(os.path.join(directory, name)).st_size
             except FileNotFoundError:
@@ -146,15 +149,20 @@ async def run(bound: int, total: int, blob: int, pushed_total: int, root: Path) 
             for _ in range(n):
                 data = os.urandom(pushed_total // 16)
                 digest = Digest.from_bytes(data)
-                await r.push_blob("mine", data, digest=digest)
+                # Named before the push: once published, it is never counted
+                # as cached, even by a sample taken before the push returns.
                 pushed[digest] = data
+                await r.push_blob("mine", data, digest=digest)
 
         def cached_now() -> int:
-            return _held_bytes(store_root) - sum(len(d) for d in pushed.values())
+            return _held_bytes(store_root, {d.hex for d in pushed})
 
         async def sampler() -> None:
             while True:
-                samples.append(await anyio.to_thread.run_sync(cached_now))
+                # The pushed names are read here, not in the thread the push
+                # would change them under.
+                skip = {d.hex for d in pushed}
+                samples.append(await anyio.to_thread.run_sync(_held_bytes, store_root, skip))
                 await anyio.sleep(0.02)
 
         async def pull(indexes: list[int]) -> None:

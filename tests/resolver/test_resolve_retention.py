@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import anyio
@@ -397,3 +398,64 @@ async def test_a_blob_read_through_its_flight_is_not_pruned_under_a_lagging_read
                 assert await resolver.blobs.stat(Digest.parse(a)) is not None
                 rest = b"".join([chunk async for chunk in chunks])
         assert head + rest == first
+
+
+class _SlowRelease:
+    """A fetch coordinator whose ``release`` waits for ``go``: each fetch stays
+    in the air, committed, until the test lets its clean-up finish."""
+
+    def __init__(self) -> None:
+        self.go = anyio.Event()
+        self.released = 0
+
+    async def acquire(self, digest: Digest) -> object:
+        return digest
+
+    @contextlib.asynccontextmanager
+    async def keep(self, lease: object) -> AsyncIterator[object]:
+        yield lease
+
+    async def release(self, lease: object, *, committed: bool) -> bool:
+        await self.go.wait()
+        self.released += 1
+        return True
+
+    async def wait(self, digest: Digest, *, timeout: float | None = None) -> str:
+        return "released"
+
+
+async def test_a_committed_blob_nobody_reads_is_pruned_while_its_fetch_cleans_up(
+    tmp_path: Path,
+) -> None:
+    """Room for a new blob is made from a committed one even when its fetch's
+    clean-up has not finished: nobody reads it, and new readers go to the store."""
+    size = 1024 * 1024
+    upstream = FakeUpstream("up")
+    digests = [upstream.add_blob("app", os.urandom(size)) for _ in range(3)]
+    coordinator = _SlowRelease()
+    async with Resolver(
+        "local",
+        manifests=FilesystemManifestStore(tmp_path / "m"),
+        blobs=FilesystemBlobStore(tmp_path / "b"),
+        connectors=[CountingConnector(upstream)],
+        retention=RetentionPolicy(max_bytes=2 * size, interval=None),
+        coordinator=coordinator,
+    ) as resolver:
+        try:
+            with anyio.fail_after(30):
+                for digest in digests:
+                    stream = await resolver.open_blob("app", digest)
+                    async with stream:
+                        await stream.read()
+                    # Read and verified; committed in the background, its lease
+                    # kept: nothing to wait on but the store.
+                    while await resolver.blobs.stat(Digest.parse(digest)) is None:  # noqa: ASYNC110
+                        await anyio.sleep(0.01)
+                assert coordinator.released == 0
+                held = [await resolver.blobs.stat(Digest.parse(d)) for d in digests]
+                # The first made room for the third: never more than the bound.
+                assert [h is not None for h in held] == [False, True, True]
+        finally:
+            coordinator.go.set()
+        await resolver.wait_idle()
+        assert coordinator.released == 3

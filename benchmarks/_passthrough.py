@@ -1,21 +1,27 @@
 """The floor of the stack: a proxy that forwards every request and does nothing else.
 
 ``bench_peer.py`` runs it beside ``dockerconnect serve``, on the same Python
-(the deploy venv), the same uvicorn (uvloop, httptools, no websockets, no
-access log) and the same HTTP client (httpx, with the connector's 256 KiB
-socket reads), in front of the same upstream. It
-verifies nothing, stores nothing and shares nothing between clients: every
-request goes to the upstream and its answer streams back as it arrives. What
-it reaches is what any proxy written on this stack can reach on this machine,
-so a goal above it is bound by the stack, not by what dockerconnect does.
+(the deploy venv), with the same uvicorn settings (``loop`` and ``http``
+``auto``, no websockets, lifespan on, no access log), the same process
+tuning (``_cli/_tuning.py``: the bounded read-ahead and one malloc arena,
+loaded from its file so that no dockerconnect module is imported) and the
+same HTTP client (httpx with its default limits and the connector's 256 KiB
+socket reads), in front of the same upstream. It verifies nothing, stores
+nothing and shares nothing between clients: every request goes to the
+upstream as the client sent it (bar hop-by-hop headers) and its answer
+streams back as it arrives. What it reaches is what any proxy written on
+this stack can reach on this machine, so a goal above it is bound by the
+stack, not by what dockerconnect does.
 
     PASSTHROUGH_UPSTREAM=http://127.0.0.1:5000 python -m uvicorn _passthrough:app
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -38,6 +44,24 @@ HOP_BY_HOP = frozenset(
         b"host",
     }
 )
+
+#: Answer headers uvicorn sets itself, besides the hop-by-hop ones.
+NOT_FORWARDED = HOP_BY_HOP | {b"date", b"server"}
+
+#: ``dockerconnect serve``'s process tuning, in the checkout beside this file.
+TUNING = Path(__file__).resolve().parent.parent / "src" / "dockerconnect" / "_cli" / "_tuning.py"
+
+
+def _tune() -> None:
+    """Apply ``serve``'s tuning, read from its file (no dockerconnect import)."""
+    spec = importlib.util.spec_from_file_location("_passthrough_tuning", TUNING)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load dockerconnect serve's tuning from {TUNING}")
+    tuning = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tuning)
+    tuning.bound_read_ahead()
+    tuning.limit_malloc_arenas()
+
 
 #: httpcore's socket reads, as dockerconnect's connector sets them
 #: (``dockerconnect.http._client.SOCKET_READ``), without importing dockerconnect.
@@ -68,11 +92,7 @@ class Passthrough:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 _larger_socket_reads()
-                self._client = httpx.AsyncClient(
-                    timeout=httpx.Timeout(60.0),
-                    limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-                    follow_redirects=False,
-                )
+                self._client = httpx.AsyncClient(timeout=httpx.Timeout(60.0))
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self._client is not None:
@@ -86,17 +106,23 @@ class Passthrough:
         if scope["query_string"]:
             url += "?" + scope["query_string"].decode("latin-1")
         headers = [(k, v) for k, v in scope["headers"] if k not in HOP_BY_HOP]
-        request = self._client.build_request(
-            scope["method"], url, headers=headers, content=_body(receive)
+        # The client's own headers, without the client's defaults added; a
+        # body only when the client sent one (GET and HEAD send none).
+        sent = {k for k, _ in scope["headers"]}
+        has_body = b"transfer-encoding" in sent or any(
+            k == b"content-length" and v.strip() != b"0" for k, v in scope["headers"]
         )
-        response = await self._client.send(request, stream=True)
+        request = httpx.Request(
+            scope["method"], url, headers=headers, content=_body(receive) if has_body else None
+        )
+        response = await self._client.send(request, stream=True, follow_redirects=False)
         try:
             await send(
                 {
                     "type": "http.response.start",
                     "status": response.status_code,
                     "headers": [
-                        (k, v) for k, v in response.headers.raw if k.lower() not in HOP_BY_HOP
+                        (k, v) for k, v in response.headers.raw if k.lower() not in NOT_FORWARDED
                     ],
                 }
             )
@@ -107,7 +133,7 @@ class Passthrough:
             await response.aclose()
 
 
-async def _body(receive: Receive) -> Any:
+async def _body(receive: Receive) -> AsyncIterator[bytes]:
     """The request's body as it arrives (empty for the GETs and HEADs of a pull)."""
     while True:
         message = await receive()
@@ -119,4 +145,5 @@ async def _body(receive: Receive) -> Any:
             return
 
 
+_tune()
 app = Passthrough(os.environ.get("PASSTHROUGH_UPSTREAM", "http://127.0.0.1:5000"))

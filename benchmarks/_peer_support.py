@@ -369,6 +369,13 @@ class ProcessWatch:
             except OSError:
                 return
 
+    def so_far(self) -> dict[str, float]:
+        """CPU seconds of the process and of its main thread since :meth:`start`."""
+        return {
+            "cpu_s": cpu_seconds(self.pid) - self._cpu0,
+            "main_thread_cpu_s": cpu_seconds(self.pid, self.pid) - self._main0,
+        }
+
     def stop(self) -> dict[str, float]:
         self._stop.set()
         if self._thread is not None:
@@ -376,12 +383,8 @@ class ProcessWatch:
         peak = self._peak_sampled
         if self._hwm_reset:
             peak = max(peak, _status_kib(self.pid, "VmHWM:"))
-        return {
-            "peak_rss_mib": peak / 1024,
-            "cpu_s": cpu_seconds(self.pid) - self._cpu0,
-            # A Python server's event loop runs on its main thread.
-            "main_thread_cpu_s": cpu_seconds(self.pid, self.pid) - self._main0,
-        }
+        # A Python server's event loop runs on its main thread.
+        return {"peak_rss_mib": peak / 1024, **self.so_far()}
 
 
 async def wait_quiet(
@@ -430,6 +433,10 @@ class PhaseRecord:
     #: CPU seconds of the benchmark's own process (the verifying client) and of
     #: the children it waited for (skopeo) while the pulls ran.
     client_cpu_s: float = 0.0
+    #: CPU seconds of the proxy (``proxy_s``, ``proxy_main_s``) and of the
+    #: upstream (``upstream_s``) while the pulls ran, without what they did
+    #: after the last answer (``proxy`` and ``upstream_cpu_s`` count that).
+    pull_cpu: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -444,6 +451,7 @@ class PhaseRecord:
             "upstream": self.upstream,
             "upstream_cpu_s": self.upstream_cpu_s,
             "client_cpu_s": self.client_cpu_s,
+            "pull_cpu": self.pull_cpu,
             "proxy": self.proxy,
             **self.extra,
         }

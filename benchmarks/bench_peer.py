@@ -34,7 +34,7 @@ root; otherwise the script says what to install).
   what it reaches is what any proxy on this stack reaches here.
 - *direct*: the upstream itself, the limit a proxy can approach.
 
-Both proxies run with their request logging off (distribution: level
+The proxies run with their request logging off (distribution: level
 ``warn``, access log disabled; uvicorn: ``--log-level warning``); the
 upstream logs every request at info level with its access log.
 
@@ -49,7 +49,7 @@ upstream over the registry HTTP API, except the skopeo index, which ``skopeo
 copy`` pushes.
 
 **Phases**, in this order against each target (targets take turns within
-each phase; the order rotates from run to run; each run starts both proxies
+each phase; the order rotates from run to run; each run starts the proxies
 afresh, so "cold" means an empty cache):
 
 =================  ==========================================================
@@ -387,7 +387,8 @@ def _free_port() -> int:
 
 
 class AsgiServer:
-    """``dockerconnect serve`` in a subprocess, in front of ``upstream``."""
+    """An ASGI server in a subprocess in front of ``upstream``: ``dockerconnect
+    serve`` here, the passthrough in :class:`PassthroughServer`."""
 
     def __init__(
         self, root: Path, upstream: str, *, python: str, startup_timeout: float = 60.0
@@ -481,8 +482,9 @@ class AsgiServer:
 
 
 class PassthroughServer(AsgiServer):
-    """``_passthrough.py`` on the same Python and uvicorn settings as ``dockerconnect
-    serve``: forwards every request, verifies and stores nothing (the stack's floor)."""
+    """``_passthrough.py`` on the same Python, uvicorn settings and process tuning as
+    ``dockerconnect serve``: forwards every request, verifies and stores nothing
+    (the stack's floor)."""
 
     def command(self) -> list[str]:
         return [
@@ -494,12 +496,15 @@ class PassthroughServer(AsgiServer):
             "127.0.0.1",
             "--port",
             str(self.port),
+            # As dockerconnect._cli.uvicorn_options has them.
             "--loop",
-            "uvloop",
+            "auto",
             "--http",
-            "httptools",
+            "auto",
             "--ws",
             "none",
+            "--lifespan",
+            "on",
             "--no-access-log",
             "--log-level",
             "warning",
@@ -679,6 +684,12 @@ async def run_phase(
     tally, extra = await PHASE_RUNNERS[phase](target, catalog, sizes, scratch)
     wall = time.perf_counter() - started
     client_cpu = own_cpu_seconds() - client_cpu
+    pulled = watch.so_far() if watch is not None else {"cpu_s": 0.0, "main_thread_cpu_s": 0.0}
+    pull_cpu = {
+        "proxy_s": pulled["cpu_s"],
+        "proxy_main_s": pulled["main_thread_cpu_s"],
+        "upstream_s": cpu_seconds(upstream_pid) - upstream_cpu,
+    }
     # distribution fills its cache in the background after answering: what it
     # asks the upstream for then belongs to this phase.
     await wait_quiet(log, pids)
@@ -691,6 +702,7 @@ async def run_phase(
         upstream_cpu_s=cpu_seconds(upstream_pid) - upstream_cpu,
         proxy=resources,
         client_cpu_s=client_cpu,
+        pull_cpu=pull_cpu,
         extra=extra,
     )
 
@@ -737,7 +749,8 @@ def _range(summary: dict[str, Any], phase: str, target: str, key: str) -> str:
 
 
 def goals(summary: dict[str, Any], catalog: Catalog, sizes: Sizes) -> list[dict[str, Any]]:
-    """The issue's goals, each with both proxies' figures and whether we met it."""
+    """The issue's goals, each with both proxies' figures (and the passthrough's,
+    where it has one) and whether we met it."""
     small_blobs = sum(p.blobs for p in catalog.small)
     pulls = len(catalog.small)
 
@@ -864,6 +877,11 @@ def _shown(path: str) -> str:
         return path
 
 
+def _over(mib: dict[str, float], target: str, other: str) -> float:
+    """``target``'s MiB/s over ``other``'s (0 when ``other`` received nothing)."""
+    return mib[target] / mib[other] if mib[other] else 0.0
+
+
 def markdown(result: dict[str, Any]) -> str:
     summary = result["summary"]
     meta = result["meta"]
@@ -891,15 +909,12 @@ def markdown(result: dict[str, Any]) -> str:
     for phase in PHASES:
         mib = {t: _med(summary, phase, t, "mib_s") for t in TARGETS}
         size = _med(summary, phase, "direct", "bytes") / MiB
-
-        def over(a: str, b: str) -> float:
-            return mib[a] / mib[b] if mib[b] else 0.0  # noqa: B023 - used at once
-
         out.append(
             f"| {phase} | {size:.1f} | {mib['direct']:.0f} | {mib['passthrough']:.0f} "
             f"| {mib['distribution']:.0f} | {mib['dockerconnect']:.0f} "
-            f"| **{over('dockerconnect', 'distribution'):.2f}** "
-            f"| {over('dockerconnect', 'direct'):.2f} | {over('passthrough', 'direct'):.2f} |"
+            f"| **{_over(mib, 'dockerconnect', 'distribution'):.2f}** "
+            f"| {_over(mib, 'dockerconnect', 'direct'):.2f} "
+            f"| {_over(mib, 'passthrough', 'direct'):.2f} |"
         )
     out += [
         "",
@@ -944,9 +959,9 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "## Where the CPU went",
         "",
-        "CPU seconds of each process during a phase (the proxy's and the upstream's "
-        "until both went quiet, so background work after the last answer counts), and "
-        f"how many of the {meta['cpus']} cores they kept busy over the pulls' wall time. "
+        "CPU seconds of each process while the pulls ran (the proxy's and the upstream's "
+        "work after the last answer, such as distribution's second download, is in the "
+        f"table above, not here), and how many of the {meta['cpus']} cores they kept busy. "
         "The client is the benchmark's own process, verifying every byte (and skopeo, "
         "in `skopeo_cold`). A Python proxy's event loop is its main thread: "
         "its CPU seconds near the wall time mean the loop was the bottleneck "
@@ -959,12 +974,17 @@ def markdown(result: dict[str, Any]) -> str:
     for phase in PHASES:
         for target in TARGETS:
             m = summary[phase][target]["median"]
-            proxy_cpu = m.get("proxy.cpu_s", 0.0)
-            main = f"{m['proxy.main_thread_cpu_s']:.2f}" if target != "direct" else ""
-            busy = (m["client_cpu_s"] + proxy_cpu + m["upstream_cpu_s"]) / m["wall_s"]
+            proxy, main = (
+                ("", "")
+                if target == "direct"
+                else (f"{m['pull_cpu.proxy_s']:.2f}", f"{m['pull_cpu.proxy_main_s']:.2f}")
+            )
+            busy = (m["client_cpu_s"] + m["pull_cpu.proxy_s"] + m["pull_cpu.upstream_s"]) / m[
+                "wall_s"
+            ]
             out.append(
                 f"| {phase} | {target} | {m['wall_s']:.2f} | {m['client_cpu_s']:.2f} "
-                f"| {proxy_cpu:.2f} | {main} | {m['upstream_cpu_s']:.2f} | {busy:.2f} |"
+                f"| {proxy} | {main} | {m['pull_cpu.upstream_s']:.2f} | {busy:.2f} |"
             )
     out += [
         "",

@@ -348,8 +348,11 @@ def test_an_upstream_request_does_not_retry_a_failed_import() -> None:
             async def main():
                 sys.meta_path.insert(0, Watch())
                 for _ in range(50):
-                    sync.AsyncLock()
-                    sync.AsyncEvent()
+                    async with sync.AsyncLock():  # each finds its backend when first used
+                        pass
+                    event = sync.AsyncEvent()
+                    event.set()
+                    await event.wait()
                     with sync.AsyncShieldCancellation():
                         pass
 

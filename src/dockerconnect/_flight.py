@@ -99,6 +99,9 @@ class BlobFlight(Work):
         self.cached = False
         #: The blob is durably in the store (committed, or found there).
         self.committed = False
+        #: Another process follows this fetch (its readers read our bytes and
+        #: then, once we let go, the committed blob in the shared store).
+        self.shown = False
         self.error: BaseException | None = None
         #: Why a verified (and served) blob could not be committed to the store.
         self.cache_error: BaseException | None = None
@@ -155,6 +158,20 @@ class BlobFlight(Work):
         self._read_back = read_back
         if read_back is None and self._spool is None:
             self._spool = await anyio.to_thread.run_sync(self._make_spool)
+
+    @property
+    def keeps_blob(self) -> bool:
+        """Whether the blob in the store must not be removed yet (retention asks).
+
+        While the fetch runs, until it has committed; while readers read (a
+        reader still replaying moves on to the committed blob); and, when
+        another process follows it, until the fetch has let go. A committed
+        fetch without readers does not: new readers go to the store, so the
+        blob may go while the fetch's own clean-up finishes.
+        """
+        if self._readers:
+            return True
+        return not self.done and (not self.committed or self.shown)
 
     @property
     def replaceable(self) -> bool:

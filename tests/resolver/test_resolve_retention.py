@@ -28,6 +28,7 @@ from dockerconnect import (
     Resolver,
     RetentionPolicy,
 )
+from dockerconnect._flight import BlobFlight
 from dockerconnect.errors import InvalidInput, Unsupported
 from dockerconnect.testing import CountingConnector, FakeUpstream, random_image
 
@@ -459,3 +460,20 @@ async def test_a_committed_blob_nobody_reads_is_pruned_while_its_fetch_cleans_up
             coordinator.go.set()
         await resolver.wait_idle()
         assert coordinator.released == 3
+
+
+async def test_which_flights_keep_their_blob_from_retention() -> None:
+    """Retention leaves a blob while its flight fetches or commits it, while it
+    has readers, and while another process follows it; not once it committed."""
+    digest = Digest.from_bytes(b"x")
+    flight = BlobFlight(digest, spool_dir=None)
+    assert flight.keeps_blob  # fetching
+    flight.committed = True
+    assert not flight.keeps_blob  # committed, clean-up running: new readers use the store
+    flight.reserve()
+    assert flight.keeps_blob  # a reader may move on to the committed blob
+    flight.release()
+    flight.shown = True
+    assert flight.keeps_blob  # another process reads the store once we let go
+    flight.finish()
+    assert not flight.keeps_blob

@@ -81,17 +81,9 @@ class BlobFetch:
         self._flights.clear()
 
     def in_flight(self, digest: Digest) -> bool:
-        """Whether a shared flight of ``digest`` is still fetching or committing,
-        or still has readers (who may move on to the committed blob in the store).
-
-        A committed flight without readers is not: new readers go to the store
-        (see :meth:`_flight`), so retention may remove the blob while the
-        fetch's own clean-up (the gate's, the lease's) finishes.
-        """
-        return any(
-            f.digest == digest and ((not f.done and not f.committed) or f.readers)
-            for f in self._recent
-        )
+        """Whether a shared flight of ``digest`` still needs the blob in the store
+        (:attr:`BlobFlight.keeps_blob`): retention leaves it there."""
+        return any(f.digest == digest and f.keeps_blob for f in self._recent)
 
     def _flight(self, digest: Digest) -> BlobFlight | None:
         flight = self._flights.get((digest, current_chain()))

@@ -332,6 +332,8 @@ class _FileLead:
         # Another process leaves the mark: nothing here to wait on but the disk.
         while file.header is None or not await file.followed():  # noqa: ASYNC110
             await anyio.sleep(POLL_INTERVAL * 2)
+        # The follower reads the committed blob once we let go: it stays.
+        flight.shown = True
         flight.reserve()
         try:
             await flight.ready.wait()

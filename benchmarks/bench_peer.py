@@ -877,6 +877,13 @@ def _shown(path: str) -> str:
         return path
 
 
+def _medians(summary: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, float]]]:
+    """Each phase and target with its median figures, in table order."""
+    for phase in PHASES:
+        for target in TARGETS:
+            yield phase, target, summary[phase][target]["median"]
+
+
 def _over(mib: dict[str, float], target: str, other: str) -> float:
     """``target``'s MiB/s over ``other``'s (0 when ``other`` received nothing)."""
     return mib[target] / mib[other] if mib[other] else 0.0
@@ -927,17 +934,15 @@ def markdown(result: dict[str, Any]) -> str:
         "| duplicate GETs | upstream MiB |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for phase in PHASES:
-        for target in TARGETS:
-            m = summary[phase][target]["median"]
-            out.append(
-                f"| {phase} | {target} | {m['upstream.ping']:.0f} "
-                f"| {m['upstream.manifest_head']:.0f} | {m['upstream.manifest_get']:.0f} "
-                f"| {m['upstream.blob_head']:.0f} "
-                f"| {_range(summary, phase, target, 'upstream.blob_get')} "
-                f"| {m['upstream.duplicate_blob_gets']:.0f} "
-                f"| {m['upstream.bytes'] / MiB:.1f} |"
-            )
+    for phase, target, m in _medians(summary):
+        out.append(
+            f"| {phase} | {target} | {m['upstream.ping']:.0f} "
+            f"| {m['upstream.manifest_head']:.0f} | {m['upstream.manifest_get']:.0f} "
+            f"| {m['upstream.blob_head']:.0f} "
+            f"| {_range(summary, phase, target, 'upstream.blob_get')} "
+            f"| {m['upstream.duplicate_blob_gets']:.0f} "
+            f"| {m['upstream.bytes'] / MiB:.1f} |"
+        )
     out += [
         "",
         "## Proxy resources per phase",
@@ -971,21 +976,17 @@ def markdown(result: dict[str, Any]) -> str:
         "| upstream CPU s | cores busy |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for phase in PHASES:
-        for target in TARGETS:
-            m = summary[phase][target]["median"]
-            proxy, main = (
-                ("", "")
-                if target == "direct"
-                else (f"{m['pull_cpu.proxy_s']:.2f}", f"{m['pull_cpu.proxy_main_s']:.2f}")
-            )
-            busy = (m["client_cpu_s"] + m["pull_cpu.proxy_s"] + m["pull_cpu.upstream_s"]) / m[
-                "wall_s"
-            ]
-            out.append(
-                f"| {phase} | {target} | {m['wall_s']:.2f} | {m['client_cpu_s']:.2f} "
-                f"| {proxy} | {main} | {m['pull_cpu.upstream_s']:.2f} | {busy:.2f} |"
-            )
+    for phase, target, m in _medians(summary):
+        proxy, main = (
+            ("", "")
+            if target == "direct"
+            else (f"{m['pull_cpu.proxy_s']:.2f}", f"{m['pull_cpu.proxy_main_s']:.2f}")
+        )
+        cpu = m["client_cpu_s"] + m["pull_cpu.proxy_s"] + m["pull_cpu.upstream_s"]
+        out.append(
+            f"| {phase} | {target} | {m['wall_s']:.2f} | {m['client_cpu_s']:.2f} "
+            f"| {proxy} | {main} | {m['pull_cpu.upstream_s']:.2f} | {cpu / m['wall_s']:.2f} |"
+        )
     out += [
         "",
         "## Goals",

@@ -113,18 +113,23 @@ class Synthetic:
         return None
 
 
-def _held_bytes(root: Path, skip: set[str]) -> int:
-    """Bytes of the blobs under ``root``, but those whose file name is in ``skip``."""
-    total = 0
+def _held(root: Path) -> list[tuple[str, int]]:
+    """The blob files under ``root``: name and size of each."""
+    found = []
     for directory, _, names in os.walk(root / "blobs"):
         for name in names:
-            if name in skip:
-                continue
             try:
-                total += os.stat(os.path.join(directory, name)).st_size
+                found.append((name, os.stat(os.path.join(directory, name)).st_size))
             except FileNotFoundError:
                 pass  # removed while we looked
-    return total
+    return found
+
+
+def _cached_bytes(held: list[tuple[str, int]], pushed: dict[Digest, bytes]) -> int:
+    """What of ``held`` is not pushed. Read once the walk has ended: a pushed
+    blob is named before its push, so any pushed file the walk saw is named."""
+    mine = {d.hex for d in pushed}
+    return sum(size for name, size in held if name not in mine)
 
 
 async def run(bound: int, total: int, blob: int, pushed_total: int, root: Path) -> dict[str, Any]:
@@ -155,14 +160,12 @@ async def run(bound: int, total: int, blob: int, pushed_total: int, root: Path) 
                 await r.push_blob("mine", data, digest=digest)
 
         def cached_now() -> int:
-            return _held_bytes(store_root, {d.hex for d in pushed})
+            return _cached_bytes(_held(store_root), pushed)
 
         async def sampler() -> None:
             while True:
-                # The pushed names are read here, not in the thread the push
-                # would change them under.
-                skip = {d.hex for d in pushed}
-                samples.append(await anyio.to_thread.run_sync(_held_bytes, store_root, skip))
+                held = await anyio.to_thread.run_sync(_held, store_root)
+                samples.append(_cached_bytes(held, pushed))  # on the loop the pushes run on
                 await anyio.sleep(0.02)
 
         async def pull(indexes: list[int]) -> None:

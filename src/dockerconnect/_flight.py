@@ -99,8 +99,8 @@ class BlobFlight(Work):
         self.cached = False
         #: The blob is durably in the store (committed, or found there).
         self.committed = False
-        #: Another process follows this fetch (its readers read our bytes and
-        #: then, once we let go, the committed blob in the shared store).
+        #: A fetch over the same filesystem root follows this one (its readers
+        #: read our bytes, then, once we let go, the committed blob).
         self.shown = False
         self.error: BaseException | None = None
         #: Why a verified (and served) blob could not be committed to the store.
@@ -164,10 +164,13 @@ class BlobFlight(Work):
         """Whether the blob in the store must not be removed yet (retention asks).
 
         While the fetch runs, until it has committed; while readers read (a
-        reader still replaying moves on to the committed blob); and, when
-        another process follows it, until the fetch has let go. A committed
+        reader still replaying moves on to the committed blob); and, when a
+        fetch over the same filesystem root (another process's, or a later
+        one here) follows its bytes, until the fetch has let go. A committed
         fetch without readers does not: new readers go to the store, so the
-        blob may go while the fetch's own clean-up finishes.
+        blob may go while the fetch's own clean-up finishes (a follower seen
+        only after the commit is shown nothing, and reads the store or
+        fetches itself once the fetch lets go).
         """
         if self._readers:
             return True

@@ -16,6 +16,7 @@ from _resolve_helpers import Clock, read_all
 
 from dockerconnect import (
     BlobStore,
+    BlobStream,
     CachingPolicy,
     Digest,
     Event,
@@ -477,3 +478,158 @@ async def test_which_flights_keep_their_blob_from_retention() -> None:
     assert flight.keeps_blob  # another process reads the store once we let go
     flight.finish()
     assert not flight.keeps_blob
+
+
+class _LingeringStream(BlobStream):
+    """A stream whose second close (the fetch's clean-up, after its commit)
+    waits for ``go``: the fetch stays in the air, committed, until then."""
+
+    go: anyio.Event
+
+    def __init__(self, stream: BlobStream, chunks: AsyncIterator[bytes] | None = None) -> None:
+        super().__init__(
+            stream.digest,
+            stream.size,
+            aiter(stream) if chunks is None else chunks,
+            offset=stream.offset,
+            source=stream.source,
+        )
+        self._inner = stream
+        self._closes = 0
+
+    async def aclose(self) -> None:
+        self._closes += 1
+        if self._closes > 1:
+            await self.go.wait()
+        await self._inner.aclose()
+        await super().aclose()
+
+
+class _Lingering(CountingConnector):
+    async def open_blob(
+        self, repository: str, digest: Digest, *, offset: int = 0
+    ) -> BlobStream | None:
+        stream = await super().open_blob(repository, digest, offset=offset)
+        return None if stream is None else _LingeringStream(stream)
+
+
+async def test_a_reader_after_the_prune_of_a_just_committed_blob_gets_it_whole(
+    tmp_path: Path,
+) -> None:
+    """A committed blob is pruned while its fetch still holds the in-progress
+    file; the next reader follows that file. It is shown nothing (the blob may
+    be gone), so it fetches the blob itself: whole, and no error."""
+    _LingeringStream.go = anyio.Event()
+    data = os.urandom(1200 * 1024)  # past HOLD_FIRST: a follower shown it could not be replaced
+    upstream = FakeUpstream("up")
+    digest = Digest.parse(upstream.add_blob("app", data))
+    connector = _Lingering(upstream)
+    async with Resolver(
+        "local",
+        manifests=FilesystemManifestStore(tmp_path / "m"),
+        blobs=FilesystemBlobStore(tmp_path / "b"),
+        connectors=[connector],
+        retention=RetentionPolicy(max_bytes=1024 * 1024, interval=None),
+    ) as resolver:
+        try:
+            with anyio.fail_after(30):
+                async with await resolver.open_blob("app", digest) as first:
+                    assert await first.read() == data
+                # Committed in the background, its clean-up held: nothing to
+                # wait on but the store.
+                while await resolver.blobs.stat(digest) is None:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+                assert (await resolver.prune()).removed_blobs == 1
+                got: list[bytes] = []
+
+                async def read_again() -> None:
+                    async with await resolver.open_blob("app", digest) as again:
+                        got.extend([chunk async for chunk in again])
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(read_again)
+                    await anyio.sleep(0.3)  # the first fetch notices its follower meanwhile
+                    _LingeringStream.go.set()
+                assert b"".join(got) == data
+        finally:
+            _LingeringStream.go.set()
+        await resolver.wait_idle()
+    assert connector.opened[digest] == 2  # fetched again: it had been pruned
+
+
+class _PausedStream(_LingeringStream):
+    """A lingering stream that also stops after its first 256 KiB until ``resume``."""
+
+    resume: anyio.Event
+
+    def __init__(self, stream: BlobStream) -> None:
+        super().__init__(stream, _paused(stream, self))
+
+
+async def _paused(stream: BlobStream, paused: _PausedStream) -> AsyncIterator[bytes]:
+    data = b"".join([chunk async for chunk in stream])
+    piece = 256 * 1024
+    yield data[:piece]
+    await paused.resume.wait()
+    for at in range(piece, len(data), piece):
+        yield data[at : at + piece]
+
+
+class _Paused(_Lingering):
+    async def open_blob(
+        self, repository: str, digest: Digest, *, offset: int = 0
+    ) -> BlobStream | None:
+        stream = await CountingConnector.open_blob(self, repository, digest, offset=offset)
+        return None if stream is None else _PausedStream(stream)
+
+
+async def test_a_blob_another_fetch_follows_stays_until_the_leader_lets_go(
+    tmp_path: Path,
+) -> None:
+    """A second resolver over the same root follows a fetch before it commits:
+    the leader's prune after the commit leaves the blob, which the follower
+    then reads from the store; the upstream is asked once."""
+    _LingeringStream.go, _PausedStream.resume = anyio.Event(), anyio.Event()
+    data = os.urandom(1200 * 1024)
+    upstream = FakeUpstream("up")
+    digest = Digest.parse(upstream.add_blob("app", data))
+    connector = _Paused(upstream)
+    leader = Resolver(
+        "leader",
+        manifests=FilesystemManifestStore(tmp_path / "m"),
+        blobs=FilesystemBlobStore(tmp_path / "b"),
+        connectors=[connector],
+        retention=RetentionPolicy(max_bytes=1024 * 1024, interval=None),
+    )
+    follower = Resolver(
+        "follower",
+        manifests=FilesystemManifestStore(tmp_path / "m"),
+        blobs=FilesystemBlobStore(tmp_path / "b"),
+        connectors=[connector],
+    )
+    async with leader, follower:
+        try:
+            with anyio.fail_after(30):
+                got: dict[str, bytes] = {}
+
+                async def read(name: str, resolver: Resolver) -> None:
+                    async with await resolver.open_blob("app", digest) as stream:
+                        got[name] = await stream.read()
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(read, "leader", leader)
+                    await anyio.sleep(0.2)  # the leader's fetch is under way, paused
+                    tg.start_soon(read, "follower", follower)
+                    await anyio.sleep(0.3)  # the follower follows; the leader notices
+                    _PausedStream.resume.set()
+                    while await leader.blobs.stat(digest) is None or "leader" not in got:  # noqa: ASYNC110
+                        await anyio.sleep(0.01)
+                    # Committed and read here, the leader's clean-up held: only
+                    # its follower keeps it.
+                    assert (await leader.prune()).removed_blobs == 0
+                    _LingeringStream.go.set()
+                assert got == {"leader": data, "follower": data}
+        finally:
+            _PausedStream.resume.set()
+            _LingeringStream.go.set()
+    assert connector.opened[digest] == 1

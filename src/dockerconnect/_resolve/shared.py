@@ -334,6 +334,11 @@ class _FileLead:
             await anyio.sleep(POLL_INTERVAL * 2)
         # The follower reads the committed blob once we let go: it stays.
         flight.shown = True
+        if flight.committed:
+            # Committed before we saw the follower: retention may have removed
+            # the blob already. Show nothing, so the follower (still
+            # replaceable) reads the store, or fetches, once we let go.
+            return
         flight.reserve()
         try:
             await flight.ready.wait()

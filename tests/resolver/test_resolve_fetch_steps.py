@@ -37,6 +37,22 @@ class CountingStore(FilesystemBlobStore):
         return await super().stat(digest)
 
 
+def held_fsyncs(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """Make each ``fsync`` of a regular file set ``syncing`` and then wait for
+    ``release`` (at most ``GUARD`` seconds): a commit held in its slow part."""
+    syncing, release = threading.Event(), threading.Event()
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            syncing.set()
+            release.wait(GUARD)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return syncing, release
+
+
 def size_of(path: Path) -> int | None:
     return path.stat().st_size if path.exists() else None
 
@@ -49,16 +65,7 @@ async def test_a_cold_fetch_looks_in_the_store_once_and_writes_no_header_unfollo
     digest = upstream.add_blob("app", data)
     counted = CountingConnector(upstream)
     store = CountingStore(tmp_path / "blobs")
-    syncing, release = threading.Event(), threading.Event()
-    real = os.fsync
-
-    def fsync(fd: int) -> None:
-        if stat.S_ISREG(os.fstat(fd).st_mode):
-            syncing.set()
-            release.wait(GUARD)
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    syncing, release = held_fsyncs(monkeypatch)
     in_progress = Path(FilesystemFetches(store.root).path(digest))
     try:
         async with Resolver(
@@ -118,16 +125,7 @@ async def test_a_reader_joining_a_small_blob_while_it_commits_gets_it_whole(
     upstream = FakeUpstream("up")
     digest = upstream.add_blob("app", data)
     counted = CountingConnector(upstream)
-    syncing, release = threading.Event(), threading.Event()
-    real = os.fsync
-
-    def fsync(fd: int) -> None:
-        if stat.S_ISREG(os.fstat(fd).st_mode):
-            syncing.set()
-            release.wait(GUARD)
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    syncing, release = held_fsyncs(monkeypatch)
     try:
         async with Resolver(
             "local",

@@ -368,6 +368,28 @@ async def test_processes_pruning_one_store_together_count_each_removal_once(
     assert await store.cached() == []
 
 
+def _on_disk(
+    root: Path,
+    connector: object,
+    *,
+    name: str = "local",
+    max_bytes: int | None = None,
+    coordinator: object = None,
+) -> Resolver:
+    """A resolver over filesystem stores under ``root`` (several share one root),
+    with retention bounded at ``max_bytes`` when given (pruning only when asked
+    or to make room)."""
+    bound = None if max_bytes is None else RetentionPolicy(max_bytes=max_bytes, interval=None)
+    return Resolver(
+        name,
+        manifests=FilesystemManifestStore(root / "m"),
+        blobs=FilesystemBlobStore(root / "b"),
+        connectors=[connector],  # type: ignore[list-item]
+        retention=bound,
+        coordinator=coordinator,
+    )
+
+
 async def test_a_blob_read_through_its_flight_is_not_pruned_under_a_lagging_reader(
     tmp_path: Path,
 ) -> None:
@@ -378,12 +400,8 @@ async def test_a_blob_read_through_its_flight_is_not_pruned_under_a_lagging_read
     upstream = FakeUpstream("up")
     a = upstream.add_blob("app", first)
     b = upstream.add_blob("app", second)
-    async with Resolver(
-        "local",
-        manifests=FilesystemManifestStore(tmp_path / "m"),
-        blobs=FilesystemBlobStore(tmp_path / "b"),
-        connectors=[CountingConnector(upstream)],
-        retention=RetentionPolicy(max_bytes=10 * 1024 * 1024, interval=None),
+    async with _on_disk(
+        tmp_path, CountingConnector(upstream), max_bytes=10 * 1024 * 1024
     ) as resolver:
         slow = await resolver.open_blob("app", a)
         async with slow:
@@ -441,13 +459,8 @@ async def test_a_committed_blob_nobody_reads_is_pruned_while_its_fetch_cleans_up
     upstream = FakeUpstream("up")
     digests = [upstream.add_blob("app", os.urandom(size)) for _ in range(3)]
     coordinator = _SlowRelease()
-    async with Resolver(
-        "local",
-        manifests=FilesystemManifestStore(tmp_path / "m"),
-        blobs=FilesystemBlobStore(tmp_path / "b"),
-        connectors=[CountingConnector(upstream)],
-        retention=RetentionPolicy(max_bytes=2 * size, interval=None),
-        coordinator=coordinator,
+    async with _on_disk(
+        tmp_path, CountingConnector(upstream), max_bytes=2 * size, coordinator=coordinator
     ) as resolver:
         try:
             with anyio.fail_after(30):
@@ -534,13 +547,7 @@ async def test_a_reader_after_the_prune_of_a_just_committed_blob_gets_it_whole(
     upstream = FakeUpstream("up")
     digest = Digest.parse(upstream.add_blob("app", data))
     connector = _Lingering(upstream)
-    async with Resolver(
-        "local",
-        manifests=FilesystemManifestStore(tmp_path / "m"),
-        blobs=FilesystemBlobStore(tmp_path / "b"),
-        connectors=[connector],
-        retention=RetentionPolicy(max_bytes=1024 * 1024, interval=None),
-    ) as resolver:
+    async with _on_disk(tmp_path, connector, max_bytes=1024 * 1024) as resolver:
         try:
             with anyio.fail_after(30):
                 async with await resolver.open_blob("app", digest) as first:
@@ -607,19 +614,8 @@ async def test_a_blob_another_fetch_follows_stays_until_the_leader_lets_go(
     upstream = FakeUpstream("up")
     digest = Digest.parse(upstream.add_blob("app", data))
     connector = _Paused(upstream)
-    leader = Resolver(
-        "leader",
-        manifests=FilesystemManifestStore(tmp_path / "m"),
-        blobs=FilesystemBlobStore(tmp_path / "b"),
-        connectors=[connector],
-        retention=RetentionPolicy(max_bytes=1024 * 1024, interval=None),
-    )
-    follower = Resolver(
-        "follower",
-        manifests=FilesystemManifestStore(tmp_path / "m"),
-        blobs=FilesystemBlobStore(tmp_path / "b"),
-        connectors=[connector],
-    )
+    leader = _on_disk(tmp_path, connector, name="leader", max_bytes=1024 * 1024)
+    follower = _on_disk(tmp_path, connector, name="follower")
     async with leader, follower:
         try:
             with anyio.fail_after(30):
